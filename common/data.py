@@ -1,0 +1,279 @@
+"""Fashion-MNIST, loaded offline first and verified.
+
+Where the four files are looked for, in this order:
+
+1. ``$CVM_DATA`` (if set),
+2. ``data/`` at the root of this repository (git-ignored),
+3. ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``),
+
+and only if none has a file is it downloaded (into the first of 1-2), unless
+``download=False``. Each file may be stored gzipped (``.gz``) or not; either
+way its *decompressed* content is checked against the MD5 published for the
+dataset, so a re-compressed copy (Debian's) passes and a truncated or altered
+one fails with an error that names the file and says what to do.
+
+Images come back as ``uint8`` tensors ``(N, 28, 28)``; :func:`fashion_mnist`
+turns them into normalised ``float32`` tensors ``(N, 1, 28, 28)`` and
+:class:`TensorLoader` batches them in memory, which on a CPU is much faster
+than a ``DataLoader`` calling ``__getitem__`` once per image (see
+``benchmarks/data_loading.py``).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import tempfile
+import urllib.request
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+__all__ = [
+    "CLASSES",
+    "MEAN",
+    "STD",
+    "FILES",
+    "DataFileError",
+    "search_dirs",
+    "load_raw",
+    "fashion_mnist",
+    "TensorLoader",
+    "loaders",
+]
+
+#: The ten classes, in label order.
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+#: Mean and standard deviation of the training pixels scaled to [0, 1]
+#: (computed in tests/test_data.py from the files themselves).
+MEAN = 0.2860
+STD = 0.3530
+
+#: split -> (images file, labels file), without the ``.gz`` suffix.
+SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+#: Published MD5 of each file's decompressed content.
+FILES = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+
+#: Where the files are downloaded from as a last resort (Zalando's mirror).
+MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+_HOW_TO_GET = (
+    "To get Fashion-MNIST: on Debian/Ubuntu `sudo apt-get install dataset-fashion-mnist`; "
+    "or put the four files (gzipped or not) from {mirror} into {repo} or into the folder "
+    "named by $CVM_DATA; or call with download=True on a machine with internet."
+)
+
+
+class DataFileError(RuntimeError):
+    """A Fashion-MNIST file is missing, truncated or corrupt. The message says which and what to do."""
+
+
+def search_dirs() -> list[Path]:
+    """The folders looked in, in order."""
+    dirs = []
+    if os.environ.get("CVM_DATA"):
+        dirs.append(Path(os.environ["CVM_DATA"]).expanduser())
+    dirs += [REPO_DATA_DIR, DEBIAN_DIR]
+    return dirs
+
+
+def _how_to_get() -> str:
+    return _HOW_TO_GET.format(mirror=MIRROR, repo=REPO_DATA_DIR)
+
+
+def _find(name: str, dirs: Sequence[Path]) -> Optional[Path]:
+    for folder in dirs:
+        for candidate in (folder / f"{name}.gz", folder / name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _read_verified(path: Path, name: str) -> bytes:
+    """Decompress (if needed) and check the MD5; raise DataFileError naming the file."""
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataFileError(
+            f"Fashion-MNIST file {path} cannot be decompressed ({type(exc).__name__}: {exc}); "
+            f"it is truncated or corrupt. Delete it and get it again. {_how_to_get()}"
+        ) from exc
+    digest = hashlib.md5(raw).hexdigest()
+    if digest != FILES[name]:
+        raise DataFileError(
+            f"Fashion-MNIST file {path} is corrupt: the MD5 of its content is {digest}, "
+            f"the published one is {FILES[name]} ({len(raw):,} bytes read). "
+            f"Delete it and get it again. {_how_to_get()}"
+        )
+    return raw
+
+
+def _parse_idx(raw: bytes, path: Path, expect_dims: int) -> torch.Tensor:
+    """Parse the IDX format: magic (0, 0, 0x08 = uint8, ndim), big-endian sizes, data."""
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim != expect_dims:
+        raise DataFileError(
+            f"{path} is not an IDX file of uint8 with {expect_dims} dimensions "
+            f"(header {raw[:4].hex()})."
+        )
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = bytearray(raw[4 + 4 * ndim :])
+    return torch.frombuffer(data, dtype=torch.uint8).reshape(shape)
+
+
+def _download(name: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    url = f"{MIRROR}{name}.gz"
+    target = dest / f"{name}.gz"
+    with tempfile.NamedTemporaryFile(dir=dest, delete=False, suffix=".part") as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, tmp)
+        except Exception as exc:  # offline, DNS, HTTP error...
+            tmp.close()
+            os.unlink(tmp.name)
+            raise DataFileError(
+                f"Fashion-MNIST file {name} was not found in any of "
+                f"{[str(d) for d in search_dirs()]} and downloading {url} failed "
+                f"({type(exc).__name__}: {exc}). {_how_to_get()}"
+            ) from exc
+    os.replace(tmp.name, target)
+    _read_verified(target, name)  # a bad download is an error, never used
+    return target
+
+
+@lru_cache(maxsize=None)
+def _load_file(name: str, dirs: tuple[Path, ...], download: bool) -> torch.Tensor:
+    path = _find(name, dirs)
+    if path is None:
+        if not download:
+            raise DataFileError(
+                f"Fashion-MNIST file {name}(.gz) was not found in any of {[str(d) for d in dirs]}. "
+                f"{_how_to_get()}"
+            )
+        path = _download(name, dirs[0] if os.environ.get("CVM_DATA") else REPO_DATA_DIR)
+    raw = _read_verified(path, name)
+    return _parse_idx(raw, path, expect_dims=3 if "images" in name else 1)
+
+
+def load_raw(split: str = "train", *, root=None, download: bool = True):
+    """Images ``uint8 (N, 28, 28)`` and labels ``int64 (N,)`` of ``split`` ("train" or "test").
+
+    ``root`` (a folder) replaces the search order; otherwise see :func:`search_dirs`.
+    The result is cached: the files are read and verified once per process.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    dirs = (Path(root),) if root is not None else tuple(search_dirs())
+    images_name, labels_name = SPLITS[split]
+    images = _load_file(images_name, dirs, download)
+    labels = _load_file(labels_name, dirs, download).long()
+    if images.shape[0] != labels.shape[0]:
+        raise DataFileError(
+            f"{images_name} holds {images.shape[0]} images but {labels_name} holds {labels.shape[0]} labels."
+        )
+    return images, labels
+
+
+def fashion_mnist(split: str = "train", *, limit: Optional[int] = None, normalize: bool = True,
+                  root=None, download: bool = True):
+    """Float images ``(N, 1, 28, 28)`` and int64 labels ``(N,)``.
+
+    ``limit`` keeps the first ``limit`` examples (the files are already in a
+    shuffled, class-balanced order). ``normalize`` maps pixels to
+    ``(x / 255 - MEAN) / STD``; otherwise to ``[0, 1]``.
+    """
+    images, labels = load_raw(split, root=root, download=download)
+    if limit is not None:
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        images, labels = images[:limit], labels[:limit]
+    x = images.unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28)
+    if normalize:
+        x = x.sub_(MEAN).div_(STD)
+    return x, labels.clone()
+
+
+class TensorLoader:
+    """Mini-batches of in-memory tensors, reshuffled every epoch.
+
+    Equivalent to ``DataLoader(TensorDataset(*tensors), batch_size, shuffle)``
+    but indexes whole batches at once instead of collating single items.
+    ``transform`` (optional) is applied to the first tensor of every batch
+    (e.g. an augmentation working on ``(B, C, H, W)``).
+    """
+
+    def __init__(self, *tensors: torch.Tensor, batch_size: int = 256, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0, transform=None):
+        if not tensors:
+            raise ValueError("TensorLoader needs at least one tensor")
+        n = tensors[0].shape[0]
+        for t in tensors:
+            if t.shape[0] != n:
+                raise ValueError(
+                    f"all tensors need the same first dimension; got {[tuple(t.shape) for t in tensors]}"
+                )
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.transform = transform
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def num_examples(self) -> int:
+        return self.tensors[0].shape[0]
+
+    def __len__(self) -> int:
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[tuple]:
+        n = self.num_examples
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        for i in range(len(self)):
+            if order is None:
+                batch = tuple(t[i * self.batch_size:(i + 1) * self.batch_size] for t in self.tensors)
+            else:
+                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+                batch = tuple(t[idx] for t in self.tensors)
+            if self.transform is not None:
+                batch = (self.transform(batch[0]),) + batch[1:]
+            yield batch
+
+
+def loaders(batch_size: int = 256, *, train_limit: Optional[int] = None,
+            test_limit: Optional[int] = None, test_batch_size: int = 1000, seed: int = 0,
+            transform=None):
+    """``(train_loader, test_loader)`` of normalised Fashion-MNIST as :class:`TensorLoader`."""
+    x_train, y_train = fashion_mnist("train", limit=train_limit)
+    x_test, y_test = fashion_mnist("test", limit=test_limit)
+    train = TensorLoader(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed,
+                         transform=transform)
+    test = TensorLoader(x_test, y_test, batch_size=test_batch_size)
+    return train, test

@@ -1,0 +1,169 @@
+"""Training and evaluation: one ``fit`` and one ``evaluate`` for every notebook.
+
+``fit`` shows a ``tqdm.auto`` bar per epoch (a widget in Jupyter, text in a
+terminal), prints one line per epoch (that line is what a stored notebook
+shows), and returns a :class:`History` that :func:`common.plots.plot_history`
+draws.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+__all__ = ["get_device", "seed_everything", "History", "fit", "evaluate", "count_parameters"]
+
+
+def get_device(prefer: Optional[str] = None) -> torch.device:
+    """CUDA if present, then Apple's MPS, then the CPU (``prefer`` overrides, e.g. ``"cpu"``)."""
+    if prefer is not None:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy (if installed) and torch on every device."""
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    with contextlib.suppress(ImportError):
+        import numpy
+
+        numpy.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of one training run."""
+
+    train_loss: list = field(default_factory=list)
+    train_acc: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    val_acc: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+    @property
+    def final_val_acc(self) -> float:
+        if not self.val_acc:
+            raise ValueError("this run had no validation loader")
+        return self.val_acc[-1]
+
+    def __str__(self) -> str:
+        total = sum(self.seconds)
+        last = f"val acc {self.val_acc[-1]:.2%}, " if self.val_acc else ""
+        return f"History({self.epochs} epochs, {last}train acc {self.train_acc[-1]:.2%}, {total:.0f} s)"
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _to(batch, device):
+    return [t.to(device, non_blocking=True) for t in batch]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, *, loss_fn: Callable = F.cross_entropy,
+             device: Optional[torch.device] = None, amp: bool = False) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` over ``loader`` (batches of ``(x, y)``), in eval mode."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in (_to(b, device) for b in loader):
+        with _autocast(device, amp):
+            logits = model(x)
+        total_loss += loss_fn(logits.float(), y).item() * y.shape[0]
+        correct += (logits.argmax(dim=1) == y).sum().item()
+        seen += y.shape[0]
+    model.train(was_training)
+    if seen == 0:
+        raise ValueError("evaluate() got an empty loader")
+    return total_loss / seen, correct / seen
+
+
+def fit(model: nn.Module, train_loader: Iterable, *, epochs: int,
+        optimizer: Optional[torch.optim.Optimizer] = None, lr: float = 1e-3,
+        loss_fn: Callable = F.cross_entropy, val_loader: Optional[Iterable] = None,
+        scheduler=None, device: Optional[torch.device] = None, amp: bool = False,
+        progress: bool = True, verbose: bool = True, desc: str = "") -> History:
+    """Train ``model`` for ``epochs`` and return its :class:`History`.
+
+    * ``optimizer`` defaults to AdamW(lr); ``scheduler`` (optional) is stepped
+      after every batch (use schedules defined in steps, e.g. OneCycleLR).
+    * ``val_loader`` is evaluated after every epoch.
+    * ``amp=True`` uses bfloat16 (float16 with a gradient scaler where bf16 is
+      unsupported) autocast on CUDA; it does nothing elsewhere.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    device = device or get_device()
+    model.to(device)
+    optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=lr)
+    use_scaler = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    history = History()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{epochs}".strip(),
+                   disable=not progress, leave=False)
+        for x, y in (_to(b, device) for b in bar):
+            with _autocast(device, amp):
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total_loss += loss.item() * y.shape[0]
+            correct += (logits.argmax(dim=1) == y).sum().item()
+            seen += y.shape[0]
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        bar.close()
+        history.train_loss.append(total_loss / seen)
+        history.train_acc.append(correct / seen)
+        line = (f"{desc + ' ' if desc else ''}epoch {epoch:>2}/{epochs}: "
+                f"train loss {total_loss / seen:.4f}, acc {correct / seen:.2%}")
+        if val_loader is not None:
+            val_loss, val_acc = evaluate(model, val_loader, loss_fn=loss_fn, device=device, amp=amp)
+            history.val_loss.append(val_loss)
+            history.val_acc.append(val_acc)
+            line += f" | val loss {val_loss:.4f}, acc {val_acc:.2%}"
+        history.seconds.append(time.perf_counter() - start)
+        if verbose:
+            print(f"{line} | {history.seconds[-1]:.1f} s", flush=True)
+    return history

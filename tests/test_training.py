@@ -1,0 +1,69 @@
+import pytest
+import torch
+from torch import nn
+
+from common import data, training
+
+
+def _blobs(n=512, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=generator)
+    centres = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
+    x = centres[y] + 0.5 * torch.randn(n, 2, generator=generator)
+    return x, y
+
+
+def test_fit_learns_and_records_history(capsys):
+    training.seed_everything(0)
+    x, y = _blobs()
+    train = data.TensorLoader(x, y, batch_size=64, shuffle=True)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3))
+    history = training.fit(model, train, epochs=3, lr=0.05, val_loader=data.TensorLoader(x, y, batch_size=128),
+                           progress=False, device=torch.device("cpu"))
+    assert history.epochs == 3 and len(history.val_acc) == 3 and len(history.seconds) == 3
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert history.final_val_acc > 0.9
+    assert "epoch  3/3" in capsys.readouterr().out
+    loss, acc = training.evaluate(model, data.TensorLoader(x, y, batch_size=100))
+    assert acc == pytest.approx(history.final_val_acc) and loss == pytest.approx(history.val_loss[-1], rel=1e-5)
+    assert "3 epochs" in str(history)
+
+
+def test_fit_is_reproducible_with_a_seed():
+    def run():
+        training.seed_everything(1)
+        x, y = _blobs()
+        model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 3))
+        training.fit(model, data.TensorLoader(x, y, batch_size=32, shuffle=True, seed=1), epochs=1,
+                     progress=False, verbose=False, device=torch.device("cpu"))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(run(), run())
+
+
+def test_fit_steps_the_scheduler_every_batch():
+    x, y = _blobs(n=100)
+    model = nn.Linear(2, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    training.fit(model, data.TensorLoader(x, y, batch_size=25), epochs=1, optimizer=optimizer,
+                 scheduler=scheduler, progress=False, verbose=False, device=torch.device("cpu"))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 ** 4)
+
+
+def test_fit_stops_on_a_diverging_loss():
+    x, y = _blobs(n=64)
+    x[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        training.fit(nn.Linear(2, 3), data.TensorLoader(x, y, batch_size=64), epochs=1, progress=False,
+                     device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="epochs"):
+        training.fit(nn.Linear(2, 3), [], epochs=0)
+
+
+def test_device_choice_and_parameter_count():
+    device = training.get_device()
+    expected = "cuda" if torch.cuda.is_available() else device.type
+    assert device.type == expected and device.type in {"cuda", "mps", "cpu"}
+    assert training.get_device("cpu") == torch.device("cpu")
+    assert training.count_parameters(nn.Linear(4, 3)) == 15
