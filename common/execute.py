@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ __all__ = ["clean", "run", "main"]
 
 _WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 _KEEP_CELL_METADATA = {"tags"}
+_TQDM_TEXT = re.compile(r"\d+%\|.*\| *\d+/\d+ \[|^HBox\(")  # "epoch 1/3:  40%|####  | 94/235 [..."
 
 
 def clean(nb) -> None:
@@ -35,7 +37,7 @@ def clean(nb) -> None:
         kept = []
         for output in cell.get("outputs", []):
             data = output.get("data", {})
-            if _WIDGET_MIME in data and "HBox(" in "".join(data.get("text/plain", "")):
+            if _WIDGET_MIME in data and _TQDM_TEXT.search("".join(data.get("text/plain", ""))):
                 continue  # a tqdm bar: live in Jupyter, noise in the stored file
             kept.append(output)
         cell.outputs = kept

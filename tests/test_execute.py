@@ -15,8 +15,11 @@ def test_clean_keeps_results_and_drops_noise():
     explorer = nbformat.v4.new_output("display_data", data={
         "application/vnd.jupyter.widget-view+json": {"model_id": "def"},
         "text/plain": "interactive(children=(Dropdown(...),))"})
+    tqdm_bar = nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "ghi"},
+        "text/plain": "Sigmoid epoch 1/3:   0%|          | 0/469 [00:00<?, ?it/s]"})
     line = nbformat.v4.new_output("stream", name="stdout", text="epoch 1/3: train loss 0.5\n")
-    cell.outputs = [bar, line, explorer]
+    cell.outputs = [bar, line, tqdm_bar, explorer]
     nb.cells = [cell]
     execute.clean(nb)
     assert set(nb.metadata) == {"kernelspec", "language_info"}
