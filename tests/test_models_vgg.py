@@ -1,0 +1,173 @@
+"""common.models.vgg (exported from stage2_cnn/03_vgg.ipynb) against torchvision.models.
+
+Every constructor: torchvision's state_dict loads strictly and both give the same logits (float64, eval).
+The full-size models hold 129-140 M parameters, mostly in the 25088 x 4096 classifier, so each
+reference is built on the meta device (no memory, no initialisation cost), materialised once in
+float64 and filled with cheap random values; ours is built on the meta device too and takes the
+reference's tensors with ``load_state_dict(strict=True, assign=True)``.
+"""
+import gc
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from common.checks import assert_same_module, load_reference_state
+from common.models import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
+from common.models.vgg import cfgs, make_layers, scale_config
+
+CONSTRUCTORS = {f.__name__: f for f in (vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn)}
+CONV_LAYERS = {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}
+
+
+def _randomize(model: nn.Module, generator: torch.Generator) -> None:
+    """He-scaled uniform weights, non-trivial biases and BatchNorm statistics, so that every tensor matters.
+
+    (uniform_ in place: about twice as fast as randn on the 100 M classifier weights.)
+    """
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(3)
+            elif name.endswith("running_var"):
+                tensor.uniform_(0.5, 1.5, generator=generator)
+            elif tensor.dim() > 1:
+                bound = (6.0 / tensor[0].numel()) ** 0.5          # variance 2 / fan_in
+                tensor.uniform_(-bound, bound, generator=generator)
+            else:
+                tensor.uniform_(-0.2, 0.2, generator=generator)
+
+
+@pytest.mark.parametrize("name", list(CONSTRUCTORS))
+def test_torchvision_state_dict_loads_and_gives_the_same_logits(name):
+    kwargs = dict(num_classes=7, dropout=0.3)
+    with torch.device("meta"):
+        reference = getattr(torchvision.models, name)(**kwargs)
+        ours = CONSTRUCTORS[name](**kwargs)
+    reference = reference.to(torch.float64).to_empty(device="cpu")      # float64, uninitialised
+    _randomize(reference, torch.Generator().manual_seed(0))
+    # same keys, same shapes, nothing missing or unexpected, then a strict load
+    theirs = reference.state_dict()
+    assert list(ours.state_dict()) == list(theirs)
+    assert all(ours.state_dict()[k].shape == v.shape for k, v in theirs.items())
+    ours.load_state_dict(theirs, strict=True, assign=True)
+    assert ours.classifier[2].p == ours.classifier[5].p == 0.3
+    reference.eval()
+    ours.eval()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(x)
+        got = ours(x)
+    assert got.shape == (1, 7)
+    assert expected.abs().max() > 1e-3, "the check needs logits that are not all zero"
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    del reference, ours, theirs
+    gc.collect()
+
+
+@pytest.mark.parametrize("name", list(CONSTRUCTORS))
+def test_default_arguments_and_architecture(name):
+    with torch.device("meta"):
+        ours = CONSTRUCTORS[name]()
+        reference = getattr(torchvision.models, name)()
+    assert ours.classifier[-1].out_features == 1000 and ours.classifier[2].p == 0.5
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    convs = [m for m in ours.features if type(m).__name__ == "Conv2d"]
+    assert len(convs) == CONV_LAYERS[name.replace("_bn", "")]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
+    has_bn = any(type(m).__name__ == "BatchNorm2d" for m in ours.features)
+    assert has_bn == name.endswith("_bn")
+    # only common.nn layers inside (containers from torch.nn are fine)
+    for module in ours.modules():
+        if not isinstance(module, (nn.Sequential, VGG)):
+            assert type(module).__module__.startswith("common.nn"), type(module)
+
+
+def test_init_weights_follows_torchvision():
+    """He-normal (fan_out) convolutions, N(0, 0.01^2) linear layers, zero biases, BatchNorm at identity."""
+    torch.manual_seed(0)
+    model = vgg11_bn(in_channels=1, width=0.25, num_stages=3, pool_size=3, hidden_features=64, num_classes=10)
+    for conv in (m for m in model.features if type(m).__name__ == "Conv2d"):
+        assert torch.all(conv.bias == 0)
+    deep = model.features[8]                               # Conv2d(32, 64): 18,432 weights
+    assert deep.out_channels == 64
+    assert abs(deep.weight.std().item() / (2.0 / (64 * 9)) ** 0.5 - 1) < 0.05
+    bn = model.features[1]
+    assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+    first_fc = model.classifier[0]                         # Linear(576, 64)
+    assert abs(first_fc.weight.std().item() / 0.01 - 1) < 0.05 and torch.all(first_fc.bias == 0)
+    # without init_weights the layers keep their own (torch.nn-style) initialisation: non-zero biases
+    plain = vgg11(init_weights=False, in_channels=1, width=0.25, num_stages=3, pool_size=3, hidden_features=64)
+    assert plain.features[0].bias.abs().sum() > 0
+
+
+def test_scale_config():
+    assert scale_config(cfgs["A"], width=0.5, num_stages=3) == [32, "M", 64, "M", 128, 128, "M"]
+    assert scale_config(cfgs["D"]) == cfgs["D"]
+    assert scale_config(cfgs["E"], num_stages=1) == [64, 64, "M"]
+    assert scale_config(cfgs["A"], width=0.001, num_stages=2) == [1, "M", 1, "M"]
+    with pytest.raises(ValueError, match="num_stages must be between 1 and 5"):
+        scale_config(cfgs["A"], num_stages=6)
+    with pytest.raises(ValueError, match="width must be positive"):
+        scale_config(cfgs["A"], width=0)
+    with pytest.raises(ValueError, match="positive channel counts"):
+        make_layers([64, "P"])
+
+
+def _torch_reference_small(cfg, in_channels, pool_size, hidden, num_classes, dropout):
+    """torchvision's VGG class around the same small features and head, built from torch.nn layers."""
+    layers, channels = [], in_channels
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(channels, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            channels = v
+    reference = torchvision.models.VGG(nn.Sequential(*layers), num_classes=num_classes, init_weights=False)
+    reference.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
+    reference.classifier = nn.Sequential(
+        nn.Linear(channels * pool_size ** 2, hidden), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    return reference
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_fashion_mnist_variant_matches_torch_in_train_and_eval(train):
+    """The small grey variant, forward and backward, BatchNorm's batch statistics and running buffers."""
+    torch.manual_seed(0)
+    ours = vgg11_bn(in_channels=1, num_classes=10, width=0.25, num_stages=3, pool_size=2,
+                    hidden_features=32, dropout=0.0).double()
+    cfg = scale_config(cfgs["A"], width=0.25, num_stages=3)
+    reference = _torch_reference_small(cfg, 1, 2, 32, 10, 0.0).double()
+    _randomize(reference, torch.Generator().manual_seed(2))
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    report = assert_same_module(ours, reference, x, train=train, rtol=1e-9, atol=1e-10)
+    assert any("grad features.0.weight" in row[0] for row in report.rows)
+    if train:
+        assert any("running_mean" in row[0] for row in report.rows)
+
+
+def test_bad_input_and_weights():
+    model = vgg11(in_channels=1, width=0.125, num_stages=3, pool_size=1, hidden_features=8, num_classes=10)
+    with pytest.raises(ValueError, match=r"VGG expected input \(N, 1, H, W\), got \(2, 3, 28, 28\)"):
+        model(torch.randn(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"VGG expected input \(N, 1, H, W\), got \(1, 28, 28\)"):
+        model(torch.randn(1, 28, 28))
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="nothing is downloaded"):
+        vgg16(weights="DEFAULT")
+    with pytest.raises(ValueError, match="at least one Conv2d"):
+        VGG(nn.Sequential())
+
+
+def test_features_are_numbered_like_torchvision_make_layers():
+    """A scaled configuration: our features and torchvision's make_layers of the same list share keys and function."""
+    cfg = scale_config(cfgs["B"], width=0.125, num_stages=2)              # [8, 8, "M", 16, 16, "M"]
+    ours = make_layers(cfg, batch_norm=True).double()
+    reference = torchvision.models.vgg.make_layers(cfg, batch_norm=True).double()
+    _randomize(reference, torch.Generator().manual_seed(3))
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    report = assert_same_module(ours, reference, x, train=True, rtol=1e-9, atol=1e-10)
+    assert len(report.rows) > 10
+    load_reference_state(ours, reference)
