@@ -45,6 +45,14 @@ CONV_CONFIGS = [
     (16, 4, 4, {"padding": "same", "dilation": 2}, (16, 9, 7)),              # unbatched, even kernel
     (16, 8, 1, {}, (2, 16, 5, 6)),                                         # 1x1
     (32, 16, 3, {"stride": 2, "padding": 1}, (2, 32, 9, 8)),               # strided, many channels
+    # 8+ channels, one group, stride 1, spatial kernel: pixels as rows, one product per offset for the batch
+    (8, 6, (1, 3), {"padding": (0, 1)}, (2, 8, 5, 6)),
+    (8, 5, 3, {"padding": 2, "padding_mode": "reflect", "bias": False}, (3, 8, 4, 5)),
+    (12, 7, 5, {}, (1, 12, 5, 5)),                                         # a single output pixel
+    (10, 3, (2, 3), {"padding": "same", "dilation": (2, 1)}, (10, 6, 5)),  # unbatched, asymmetric 'same'
+    # more per-offset products: 16+ channels per group and several groups, or a 1x1 kernel
+    (32, 12, 3, {"groups": 2, "dilation": 2, "padding": (2, 1)}, (2, 32, 7, 6)),
+    (16, 16, 1, {"bias": False}, (16, 4, 5)),
 ]
 
 
@@ -63,6 +71,29 @@ def test_conv2d_matches_torch(config, dtype):
     x = torch.randn(shape, dtype=dtype)
     for train in (True, False):
         assert_same_module(mine, reference, x, train=train, **TIGHT[dtype])
+
+
+def test_every_formulation_is_covered():
+    """The grid above reaches each of Conv2dFunction's four code paths (pixels as rows, depthwise, im2col and
+    per-offset products), so a bug in any of them fails test_conv2d_matches_torch."""
+    from common.nn.conv_pool import _use_im2col, _use_rows
+
+    def path(config):
+        cin, cout, k, kwargs, _ = config
+        groups = kwargs.get("groups", 1)
+        kernel = k if isinstance(k, tuple) else (k, k)
+        stride = kwargs.get("stride", 1)
+        stride = stride if isinstance(stride, tuple) else (stride, stride)
+        if _use_rows(cin // groups, groups, kernel, stride):
+            return "rows"
+        if cin // groups == 1 and groups > 1:
+            return "depthwise"
+        return "im2col" if _use_im2col(cin // groups, stride) else "per-offset"
+
+    counts = {name: 0 for name in ("rows", "depthwise", "im2col", "per-offset")}
+    for config in CONV_CONFIGS:
+        counts[path(config)] += 1
+    assert min(counts.values()) >= 3, counts
 
 
 def test_conv2d_state_dict_names_and_init():
@@ -92,6 +123,8 @@ def test_conv2d_init_distribution():
     dict(shape=(2, 4, 7, 6), weight=(6, 2, 2, 3), stride=(2, 1), padding=(1, 2, 0, 1), dilation=(1, 2), groups=2),
     dict(shape=(1, 3, 6, 6), weight=(6, 1, 3, 3), stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1), groups=3),
     dict(shape=(2, 16, 5, 4), weight=(3, 16, 2, 3), stride=(1, 1), padding=(1, 0, 2, 1), dilation=(2, 1), groups=1),
+    dict(shape=(2, 8, 5, 6), weight=(5, 8, 3, 2), stride=(1, 1), padding=(2, 0, 1, 1), dilation=(1, 2), groups=1),
+    dict(shape=(2, 32, 4, 5), weight=(4, 16, 3, 3), stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=2),
 ])
 def test_hand_written_backward_gradcheck(config):
     torch.manual_seed(0)

@@ -135,9 +135,26 @@ def _col2im(cols: torch.Tensor, c: int, length: int, starts, steps, rows: int, w
     return flat
 
 
+def _rows_padded(x: torch.Tensor, padding, extra: int) -> torch.Tensor:
+    """(N, C, H, W) -> the zero-padded images with channels last, as a matrix of pixel rows:
+    (N*Hp*Wp + extra, C), row n*Hp*Wp + r*Wp + q holding pixel (r, q) of padded image n (zero rows at the end)."""
+    n, c, h, w = x.shape
+    top, bottom, left, right = padding
+    hp, wp = h + top + bottom, w + left + right
+    rows = x.new_zeros(n * hp * wp + extra, c)
+    rows[:n * hp * wp].view(n, hp, wp, c)[:, top:top + h, left:left + w] = x.permute(0, 2, 3, 1)
+    return rows
+
+
+def _use_rows(c_per_group: int, groups: int, kernel, stride) -> bool:
+    """The third formulation (section 4): pixels as rows, one big matrix product per kernel offset for the
+    whole batch. Chosen for ungrouped stride-1 convolutions with a spatial kernel and a few channels or more."""
+    return groups == 1 and stride == (1, 1) and kernel != (1, 1) and c_per_group >= 8
+
+
 def _use_im2col(c_per_group: int, stride) -> bool:
-    """The faster formulation (measured in section 7): one matmul on copied columns when the per-offset
-    products would be thin (few channels) or their inputs not contiguous (stride > 1)."""
+    """Among the rest (section 4, measured in section 6): one matmul on copied columns when the per-offset
+    products would be thin (few channels per group) or their inputs not contiguous (stride > 1)."""
     return c_per_group < 16 or stride != (1, 1)
 
 
@@ -149,8 +166,9 @@ class Conv2dFunction(torch.autograd.Function):
     backward: dL/dW_ij = sum over images of dL/dY @ X_ij^T    (= dL/dY @ im2col(X)^T)
               dL/dX = sum_ij unshift_ij(W_ij^T @ dL/dY)       (= col2im(W^T @ dL/dY))
               dL/db = dL/dY summed over images and positions
-    `padding` is (top, bottom, left, right) zeros. Depthwise convolutions (one input channel per group)
-    are a weighted sum of shifted copies instead.
+    `padding` is (top, bottom, left, right) zeros. Four code paths compute these sums (section 4): pixels as
+    rows (ungrouped, stride 1), per-offset products per image, im2col, and for depthwise convolutions (one
+    input channel per group) a weighted sum of shifted copies.
     """
 
     @staticmethod
@@ -160,8 +178,25 @@ class Conv2dFunction(torch.autograd.Function):
         (ho, wo), wp, wide, length = _flat_geometry(h, w, padding, (kh, kw), stride, dilation)
         steps = (stride[0] * wp, stride[1])
         starts = [i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)]
-        flat = _flat_padded(x, padding, length)                           # (N, C, length)
         og = out_channels // groups
+        if _use_rows(c_per_group, groups, (kh, kw), stride):             # pixels as rows, batch as one matrix
+            hp = h + padding[0] + padding[1]
+            m = n * hp * wp                                               # every position of every padded image
+            rows = _rows_padded(x, padding, starts[-1])                   # (M + extra, C)
+            w_k = weight.permute(2, 3, 1, 0).reshape(kh * kw, c, out_channels)     # (kh*kw, C, O)
+            out = torch.mm(rows[:m], w_k[0])                               # offset (0, 0) starts at row 0
+            for k in range(1, kh * kw):
+                out.addmm_(rows[starts[k]:starts[k] + m], w_k[k])          # (M, C) @ (C, O), read in place
+            out = out.view(n, hp, wp, out_channels)[:, :ho, :wo].permute(0, 3, 1, 2)   # drop the junk, NCHW
+            result = torch.empty(n, out_channels, ho, wo, dtype=out.dtype, device=out.device)
+            if bias is not None:                                          # one pass: transpose and add the bias
+                torch.add(out, bias.view(1, -1, 1, 1), out=result)
+            else:
+                result.copy_(out)
+            ctx.save_for_backward(x, weight)
+            ctx.geometry = (stride, dilation, padding, groups, bias is not None)
+            return result                                                 # (N, O, Ho, Wo), contiguous
+        flat = _flat_padded(x, padding, length)                           # (N, C, length)
         if c_per_group == 1 and groups > 1:                               # depthwise: weighted sum of shifts
             out = x.new_zeros(n, c, og, ho, wide)                         # (N, C, mult, Ho, Wide)
             w_k = weight.view(c, og, kh * kw, 1, 1)
@@ -198,6 +233,26 @@ class Conv2dFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))                                # (O,)
+        if _use_rows(c_per_group, groups, (kh, kw), stride):
+            top, bottom, left, right = padding
+            hp = h + top + bottom
+            m = n * hp * wp
+            g = grad_out.new_zeros(m, out_channels)                         # (M, O), zero at the junk positions
+            g.view(n, hp, wp, out_channels)[:, :ho, :wo] = grad_out.permute(0, 2, 3, 1)
+            if ctx.needs_input_grad[1]:                                     # dL/dW_ij = g^T @ X_ij: (O, M) @ (M, C)
+                rows = _rows_padded(x, padding, starts[-1])
+                grad_w = weight.new_empty(kh * kw, out_channels, c)
+                for k, start in enumerate(starts):
+                    torch.mm(g.t(), rows[start:start + m], out=grad_w[k])
+                grad_w = grad_w.view(kh, kw, out_channels, c).permute(2, 3, 0, 1).contiguous()
+            if ctx.needs_input_grad[0]:                                     # dL/dX_ij = g @ W_ij, added back shifted
+                grad_rows = grad_out.new_zeros(m + starts[-1], c)
+                w_k = weight.permute(2, 3, 0, 1).reshape(kh * kw, out_channels, c)     # (kh*kw, O, C)
+                for k, start in enumerate(starts):
+                    grad_rows[start:start + m].addmm_(g, w_k[k])
+                grad_x = grad_rows[:m].view(n, hp, wp, c)[:, top:top + h, left:left + w].permute(0, 3, 1, 2)
+                grad_x = grad_x.contiguous()
+            return grad_x, grad_w, grad_b, None, None, None, None
         if wide == wo:
             g = grad_out.contiguous()
         else:
