@@ -2,4 +2,5 @@
 # DO NOT EDIT: it is rewritten by every export.
 """From-scratch models with torchvision's (or timm's) names and state_dict keys."""
 from .lenet import ScaledTanh, LeNet5, lenet5  # stage2_cnn/01_lenet.ipynb
+from .alexnet import AlexNet, alexnet  # stage2_cnn/02_alexnet.ipynb
 from .vgg import VGG, scale_config, make_layers, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn  # stage2_cnn/03_vgg.ipynb
