@@ -11,6 +11,8 @@ Hand-written helpers (import what you use)::
 * ``plots``    - image grids, training curves, filters, feature maps
 * ``export``   - ``python -m common.export``: notebook cells -> ``common.nn`` / ``common.models``
 * ``execute``  - ``python -m common.execute``: run a notebook top to bottom and store it clean
+* ``results``  - one ``result:`` line per trained model; ``collect()`` gathers them from stored notebooks
+* ``complexity`` - parameter and multiply-accumulate counts
 
 Exported from the notebooks (generated, do not edit): ``common.nn``
 (components with torch.nn's names), ``common.nn.functional`` and

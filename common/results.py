@@ -80,11 +80,16 @@ def collect(paths: Optional[Iterable[Path]] = None) -> List[Dict]:
 
 
 def table(entries: Sequence[Dict]) -> str:
-    """A fixed-width table: model, notebook, test accuracy, parameters, MACs, epochs, seconds per epoch."""
-    header = (f"{'model':<34} {'notebook':<26} {'test acc':>8} {'params':>10} {'MACs':>9} "
+    """A fixed-width table: model, notebook, test accuracy, parameters, MACs, epochs, seconds per epoch, images.
+
+    The first two columns are as wide as their longest entry, so long names keep the columns aligned."""
+    model_width = max([len("model")] + [len(e["model"]) for e in entries])
+    notebook_width = max([len("notebook")] + [len(e["notebook"]) for e in entries])
+    header = (f"{'model':<{model_width}} {'notebook':<{notebook_width}} {'test acc':>8} {'params':>10} {'MACs':>9} "
               f"{'epochs':>6} {'s/epoch':>7} {'images':>7}")
     rows = [header, "-" * len(header)]
     for e in entries:
-        rows.append(f"{e['model']:<34} {e['notebook']:<26} {e['accuracy']:>8.2%} {e['parameters']:>10,} "
-                    f"{e['macs'] / 1e6:>8.2f}M {e['epochs']:>6} {e['epoch_seconds']:>7.1f} {e['train_images']:>7,}")
+        rows.append(f"{e['model']:<{model_width}} {e['notebook']:<{notebook_width}} {e['accuracy']:>8.2%} "
+                    f"{e['parameters']:>10,} {e['macs'] / 1e6:>8.2f}M {e['epochs']:>6} {e['epoch_seconds']:>7.1f} "
+                    f"{e['train_images']:>7,}")
     return "\n".join(rows)

@@ -50,6 +50,9 @@ def test_collect_reads_stored_outputs_in_order(tmp_path, capsys):
     assert results.collect(paths) == [first, second]
     text = results.table([first, second])
     assert "81.25%" in text and "90.00%" in text and text.count("\n") == 3
+    long = dict(first, model="a model with a much longer name than the header", notebook="stage9_x/99_a_long_notebook")
+    lines = results.table([first, long]).splitlines()
+    assert len({line.index("%") for line in lines[2:]}) == 1, "columns stay aligned with long names"
 
 
 def test_collect_rejects_broken_lines(tmp_path):
