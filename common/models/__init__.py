@@ -4,3 +4,6 @@
 from .lenet import ScaledTanh, LeNet5, lenet5  # stage2_cnn/01_lenet.ipynb
 from .alexnet import AlexNet, alexnet  # stage2_cnn/02_alexnet.ipynb
 from .vgg import VGG, scale_config, make_layers, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn  # stage2_cnn/03_vgg.ipynb
+from .resnet import BasicBlock, Bottleneck, ResNet, conv3x3, conv1x1, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2  # stage3_resnets/01_resnet.ipynb
+from .densenet import DenseLayer, DenseBlock, Transition, DenseNet, densenet121, densenet161, densenet169, densenet201, convert_legacy_state_dict  # stage3_resnets/03_densenet.ipynb
+from .efficientnet import StochasticDepth, SqueezeExcitation, Conv2dNormActivation, MBConvConfig, MBConv, EfficientNet, stochastic_depth, efficientnet_config, efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3, efficientnet_b4, efficientnet_b5, efficientnet_b6, efficientnet_b7  # stage3_resnets/04_efficientnet.ipynb
