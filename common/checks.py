@@ -27,6 +27,7 @@ from torch.autograd.gradcheck import GradcheckError
 __all__ = [
     "CheckReport",
     "load_reference_state",
+    "assert_same_logits",
     "assert_same_module",
     "assert_same_function",
     "gradcheck",
@@ -59,8 +60,11 @@ class CheckReport:
         return f"CheckReport({self.title!r}, {len(self.rows)} tensors, max |diff| {self.max_diff:.2e})"
 
 
-def load_reference_state(mine: nn.Module, reference: nn.Module) -> None:
-    """``mine.load_state_dict(reference.state_dict(), strict=True)`` with a readable error."""
+def load_reference_state(mine: nn.Module, reference: nn.Module, assign: bool = False) -> None:
+    """``mine.load_state_dict(reference.state_dict(), strict=True)`` with a readable error.
+
+    ``assign=True`` takes the reference's tensors themselves, so ``mine`` may be built on the meta device
+    (a big model then costs no initialisation and no second copy of its weights)."""
     theirs = reference.state_dict()
     ours = mine.state_dict()
     missing = sorted(set(ours) - set(theirs))
@@ -74,7 +78,35 @@ def load_reference_state(mine: nn.Module, reference: nn.Module) -> None:
             + (f"\n  keys only the reference has: {unexpected}" if unexpected else "")
             + (f"\n  shapes differ: {shapes}" if shapes else "")
         )
-    mine.load_state_dict(theirs, strict=True)
+    mine.load_state_dict(theirs, strict=True, assign=assign)
+
+
+def assert_same_logits(mine: nn.Module, reference: nn.Module, x: torch.Tensor, *, rtol: float = 1e-10,
+                       atol: float = 1e-10, min_scale: float = 1e-3) -> float:
+    """Load the reference's state_dict into ``mine`` (strict, ``assign=True``), run both in eval mode on ``x``
+    and assert equal outputs; returns the largest absolute difference.
+
+    The key *order* must match too (a torchvision checkpoint is a list of tensors by name, but code that
+    walks ``state_dict()`` in order, such as a converter, relies on it). Outputs whose largest magnitude
+    is at most ``min_scale`` are rejected: near-zero logits would pass any comparison."""
+    ours, theirs = list(mine.state_dict()), list(reference.state_dict())
+    load_reference_state(mine, reference, assign=True)
+    if ours != theirs:
+        first = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        raise AssertionError(f"same keys in a different order: key {first} is {ours[first]!r} in ours, "
+                             f"{theirs[first]!r} in the reference")
+    reference.eval()
+    mine.eval()
+    with torch.no_grad():
+        expected = reference(x)
+        got = mine(x)
+    if got.shape != expected.shape:
+        raise AssertionError(f"output shapes differ: ours {tuple(got.shape)}, reference {tuple(expected.shape)}")
+    if expected.abs().max() <= min_scale:
+        raise AssertionError(f"the reference's outputs are all within {min_scale} of zero: the comparison "
+                             "would prove nothing; use weights that give non-trivial outputs")
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=atol)
+    return (got - expected).abs().max().item()
 
 
 def _flatten(obj: Any, prefix: str = "output") -> list:

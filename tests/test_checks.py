@@ -151,3 +151,45 @@ def test_same_dropout_mask_when_both_draw_alike():
     # both forwards start from the same RNG state, so equal RNG use gives equal masks
     x = torch.randn(64, 64)
     checks.assert_same_module(nn.Dropout(0.5), nn.Dropout(0.5), x, train=True)
+
+
+def test_assert_same_logits_loads_strictly_and_compares_eval_outputs():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        reference[1].running_mean.uniform_(-1, 1)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    with torch.device("meta"):
+        mine = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    assert checks.assert_same_logits(mine, reference, x) < 1e-12
+    assert not mine.training and not reference.training           # eval mode: dropout off, running stats used
+
+
+class _Shifted(nn.Module):
+    def __init__(self, shift):
+        super().__init__()
+        self.lin, self.shift = nn.Linear(4, 3).double(), shift
+
+    def forward(self, x):
+        return self.lin(x) + self.shift
+
+
+def test_assert_same_logits_fails_on_wrong_outputs_near_zero_outputs_and_key_order():
+    x = torch.randn(5, 4, dtype=torch.float64)
+    reference = _Shifted(0.0)
+    with pytest.raises(AssertionError):
+        checks.assert_same_logits(_Shifted(1e-6), reference, x)                   # a tiny error is caught
+    zero = _Shifted(0.0)
+    with torch.no_grad():
+        zero.lin.weight.zero_()
+        zero.lin.bias.zero_()
+    with pytest.raises(AssertionError, match="within"):
+        checks.assert_same_logits(_Shifted(0.0), zero, x)                         # would prove nothing
+    a = nn.Sequential()
+    a.add_module("first", nn.Linear(4, 4))
+    a.add_module("second", nn.Linear(4, 3))
+    b = nn.Sequential()
+    b.add_module("second", nn.Linear(4, 3))
+    b.add_module("first", nn.Linear(4, 4))
+    with pytest.raises(AssertionError, match="order"):
+        checks.assert_same_logits(a.double(), b.double(), x)

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from common.checks import assert_same_module, load_reference_state
+from common.checks import assert_same_logits, assert_same_module, load_reference_state
 from common.models import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
 from common.models.vgg import cfgs, make_layers, scale_config
 
@@ -47,22 +47,11 @@ def test_torchvision_state_dict_loads_and_gives_the_same_logits(name):
         ours = CONSTRUCTORS[name](**kwargs)
     reference = reference.to(torch.float64).to_empty(device="cpu")      # float64, uninitialised
     _randomize(reference, torch.Generator().manual_seed(0))
-    # same keys, same shapes, nothing missing or unexpected, then a strict load
-    theirs = reference.state_dict()
-    assert list(ours.state_dict()) == list(theirs)
-    assert all(ours.state_dict()[k].shape == v.shape for k, v in theirs.items())
-    ours.load_state_dict(theirs, strict=True, assign=True)
-    assert ours.classifier[2].p == ours.classifier[5].p == 0.3
-    reference.eval()
-    ours.eval()
+    # strict load (same keys, order and shapes), then the same eval-mode logits in float64
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = reference(x)
-        got = ours(x)
-    assert got.shape == (1, 7)
-    assert expected.abs().max() > 1e-3, "the check needs logits that are not all zero"
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
-    del reference, ours, theirs
+    assert_same_logits(ours, reference, x, min_scale=1e-3)
+    assert ours.classifier[2].p == ours.classifier[5].p == 0.3
+    del reference, ours
     gc.collect()
 
 
