@@ -18,7 +18,25 @@ Exported from the notebooks (generated, do not edit): ``common.nn``
 (components with torch.nn's names), ``common.nn.functional`` and
 ``common.models`` (models with torchvision's names).
 """
+import importlib
+from pathlib import Path
+
 from . import budget
 
 __version__ = "0.1.0"
-__all__ = ["budget"]
+_HERE = Path(__file__).resolve().parent
+_SUBMODULES = tuple(sorted({p.stem for p in _HERE.glob("[a-z]*.py")} |
+                           {p.parent.name for p in _HERE.glob("[a-z]*/__init__.py")}))
+__all__ = list(_SUBMODULES)
+
+
+def __getattr__(name):
+    """``import common; common.nn.Conv2d``: submodules are imported on first use, so that
+    ``import common`` stays cheap (no torch import) and every documented name resolves."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'common' has no attribute {name!r}; its submodules are {', '.join(_SUBMODULES)}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES))

@@ -51,3 +51,72 @@ def test_results_table_quotes_committed_outputs():
                           for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
         for number in re.findall(r"\d+\.\d+%", rest):
             assert number in outputs, f"README quotes {number} for {path}, but its stored outputs never print it"
+
+
+def _committed_text_files():
+    """Every file git tracks (or, outside a git checkout, every file but the ignored folders), text only."""
+    import subprocess
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        paths = [ROOT / line for line in listed.splitlines() if line]
+    except (OSError, subprocess.CalledProcessError):
+        skip = {".git", ".venv", "data", "build", "__pycache__"}
+        paths = [p for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.relative_to(ROOT).parts)]
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            yield path, path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # a binary file
+
+
+_OUTSIDE = re.compile(r"\.\./shared|/work/main|/work/shared")
+_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def _outside_references(root: Path, path: Path, text: str) -> list:
+    """What in one file points outside `root`: a `../shared` or build-machine path, or a relative
+    Markdown link that leaves the checkout or names a missing file."""
+    rel = path.relative_to(root).as_posix()
+    problems = [f"{rel}: refers to {m.group(0)!r}" for m in _OUTSIDE.finditer(text)]
+    if path.suffix == ".md":
+        for target in _LINK.findall(text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            resolved = (path.parent / target).resolve()
+            if root not in resolved.parents:
+                problems.append(f"{rel}: links outside the repository: {target}")
+            elif not resolved.exists():
+                problems.append(f"{rel}: links to a missing file: {target}")
+    return problems
+
+
+def test_no_committed_file_points_outside_the_repository():
+    """A user has only this repository: the specification lives in it (CURRICULUM.md, NOTEBOOKS.md, REVIEW.md)."""
+    problems = []
+    for path, text in _committed_text_files():
+        if path.relative_to(ROOT).as_posix() != "tests/test_repo.py":  # this file names the patterns
+            problems += _outside_references(ROOT, path, text)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_outside_reference_check_can_fail(tmp_path):
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "present.md").write_text("x")
+    page = tmp_path / "stage" / "README.md"
+    text = "See ../shared/CURRICULUM.md, [ok](../present.md), [gone](../absent.md), [out](../../elsewhere.md)."
+    problems = _outside_references(tmp_path, page, text)
+    assert len(problems) == 3, problems
+    assert any("../shared" in p for p in problems) and any("missing" in p for p in problems)
+    assert any("outside" in p for p in problems)
+
+
+def test_import_common_reaches_every_submodule():
+    import common
+
+    assert common.nn.Conv2d is not None and common.data is not None
+    assert "nn" in dir(common) and "models" in common.__all__
+    import pytest
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        common.nope  # noqa: B018
