@@ -12,6 +12,16 @@ way its *decompressed* content is checked against the MD5 published for the
 dataset, so a re-compressed copy (Debian's) passes and a truncated or altered
 one fails with an error that names the file and says what to do.
 
+Splits. The two files hold 60,000 training and 10,000 test images. The 60,000 are split once
+and for all (see :func:`val_indices`) into
+
+* ``"train"``: 55,000 images, the ones not in ``"val"``, in file order;
+* ``"val"``: 5,000 images, 500 per class, always the same ones, in file order;
+* ``"trainval"``: all 60,000 in file order (``"train"`` plus ``"val"``);
+* ``"test"``: the 10,000 test images.
+
+Every choice is made on ``"val"``; ``"test"`` is evaluated once, at the end.
+
 Images come back as ``uint8`` tensors ``(N, 28, 28)``; :func:`fashion_mnist`
 turns them into normalised ``float32`` tensors ``(N, 1, 28, 28)`` and
 :class:`TensorLoader` batches them in memory, which on a CPU is much faster
@@ -40,7 +50,11 @@ __all__ = [
     "STD",
     "FILES",
     "DataFileError",
+    "SPLITS",
+    "VAL_PER_CLASS",
+    "VAL_KEY",
     "search_dirs",
+    "val_indices",
     "load_raw",
     "fashion_mnist",
     "TensorLoader",
@@ -53,13 +67,20 @@ CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 
-#: Mean and standard deviation of the training pixels scaled to [0, 1]
+#: Mean and standard deviation of all 60,000 training pixels (``"trainval"``) scaled to [0, 1]
 #: (computed in tests/test_data.py from the files themselves).
 MEAN = 0.2860
 STD = 0.3530
 
-#: split -> (images file, labels file), without the ``.gz`` suffix.
-SPLITS = {
+#: The splits :func:`load_raw` and :func:`fashion_mnist` accept.
+SPLITS = ("train", "val", "test", "trainval")
+
+#: The validation split: this many images of each class, chosen by :func:`val_indices` with this key.
+VAL_PER_CLASS = 500
+VAL_KEY = "cvm-fashion-mnist-val-v1"
+
+#: file set -> (images file, labels file), without the ``.gz`` suffix.
+FILE_SETS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
@@ -179,16 +200,8 @@ def _load_file(name: str, dirs: tuple[Path, ...], download: bool) -> torch.Tenso
     return _parse_idx(raw, path, expect_dims=3 if "images" in name else 1)
 
 
-def load_raw(split: str = "train", *, root=None, download: bool = True):
-    """Images ``uint8 (N, 28, 28)`` and labels ``int64 (N,)`` of ``split`` ("train" or "test").
-
-    ``root`` (a folder) replaces the search order; otherwise see :func:`search_dirs`.
-    The result is cached: the files are read and verified once per process.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    dirs = (Path(root),) if root is not None else tuple(search_dirs())
-    images_name, labels_name = SPLITS[split]
+def _load_file_set(file_set: str, dirs: tuple, download: bool):
+    images_name, labels_name = FILE_SETS[file_set]
     images = _load_file(images_name, dirs, download)
     labels = _load_file(labels_name, dirs, download).long()
     if images.shape[0] != labels.shape[0]:
@@ -198,12 +211,62 @@ def load_raw(split: str = "train", *, root=None, download: bool = True):
     return images, labels
 
 
+def _rank_key(index: int) -> bytes:
+    return hashlib.sha256(f"{VAL_KEY}:{index}".encode()).digest()
+
+
+@lru_cache(maxsize=None)
+def _val_indices(dirs: tuple, download: bool) -> torch.Tensor:
+    _, labels = _load_file_set("train", dirs, download)
+    chosen = []
+    for cls in range(len(CLASSES)):
+        members = (labels == cls).nonzero().flatten().tolist()
+        if len(members) < VAL_PER_CLASS:
+            raise DataFileError(f"class {cls} has only {len(members)} training images, {VAL_PER_CLASS} needed")
+        chosen += sorted(members, key=_rank_key)[:VAL_PER_CLASS]
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def val_indices(*, root=None, download: bool = True) -> torch.Tensor:
+    """The 5,000 indices (into the 60,000 training images, ascending) that form ``"val"``.
+
+    For each class, its training images are ranked by the SHA-256 of the text
+    ``f"{VAL_KEY}:{index}"`` (``index`` = position in the training file, from 0)
+    and the first :data:`VAL_PER_CLASS` are taken. The choice depends on nothing
+    but the (MD5-verified) label file: not on torch's or any other random
+    generator, the machine or the torch version, and it can be recomputed in
+    any language.
+    """
+    dirs = (Path(root),) if root is not None else tuple(search_dirs())
+    return _val_indices(dirs, download).clone()
+
+
+def load_raw(split: str = "train", *, root=None, download: bool = True):
+    """Images ``uint8 (N, 28, 28)`` and labels ``int64 (N,)`` of ``split`` (one of :data:`SPLITS`).
+
+    ``root`` (a folder) replaces the search order; otherwise see :func:`search_dirs`.
+    The files are read and verified once per process (cached).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    dirs = (Path(root),) if root is not None else tuple(search_dirs())
+    if split == "test":
+        return _load_file_set("test", dirs, download)
+    images, labels = _load_file_set("train", dirs, download)
+    if split == "trainval":
+        return images, labels
+    in_val = torch.zeros(labels.shape[0], dtype=torch.bool)
+    in_val[val_indices(root=root, download=download)] = True
+    keep = in_val if split == "val" else ~in_val
+    return images[keep], labels[keep]
+
+
 def fashion_mnist(split: str = "train", *, limit: Optional[int] = None, normalize: bool = True,
                   root=None, download: bool = True):
-    """Float images ``(N, 1, 28, 28)`` and int64 labels ``(N,)``.
+    """Float images ``(N, 1, 28, 28)`` and int64 labels ``(N,)`` of ``split`` (one of :data:`SPLITS`).
 
-    ``limit`` keeps the first ``limit`` examples (the files are already in a
-    shuffled, class-balanced order). ``normalize`` maps pixels to
+    ``limit`` keeps the first ``limit`` examples of the split (the files are
+    already in a shuffled, class-balanced order). ``normalize`` maps pixels to
     ``(x / 255 - MEAN) / STD``; otherwise to ``[0, 1]``.
     """
     images, labels = load_raw(split, root=root, download=download)
@@ -269,11 +332,21 @@ class TensorLoader:
 
 def loaders(batch_size: int = 256, *, train_limit: Optional[int] = None,
             test_limit: Optional[int] = None, test_batch_size: int = 1000, seed: int = 0,
-            transform=None):
-    """``(train_loader, test_loader)`` of normalised Fashion-MNIST as :class:`TensorLoader`."""
-    x_train, y_train = fashion_mnist("train", limit=train_limit)
+            transform=None, val: bool = False, val_limit: Optional[int] = None):
+    """Normalised Fashion-MNIST as :class:`TensorLoader`.
+
+    ``val=False`` (what the notebooks written before the val split call):
+    ``(train_loader, test_loader)``, training on ``"trainval"`` (all 60,000).
+    ``val=True``: ``(train_loader, val_loader, test_loader)``, training on
+    ``"train"`` (55,000) and holding out ``"val"`` (5,000) for every choice.
+    The training loader shuffles with its own generator seeded by ``seed``.
+    """
+    x_train, y_train = fashion_mnist("train" if val else "trainval", limit=train_limit)
     x_test, y_test = fashion_mnist("test", limit=test_limit)
     train = TensorLoader(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed,
                          transform=transform)
     test = TensorLoader(x_test, y_test, batch_size=test_batch_size)
-    return train, test
+    if not val:
+        return train, test
+    x_val, y_val = fashion_mnist("val", limit=val_limit)
+    return train, TensorLoader(x_val, y_val, batch_size=test_batch_size), test

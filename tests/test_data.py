@@ -26,7 +26,7 @@ def _source_dir():
 
 def _copy_split(tmp_path, split="test"):
     src = _source_dir()
-    for name in data.SPLITS[split]:
+    for name in data.FILE_SETS[split]:
         for candidate in (src / f"{name}.gz", src / name):
             if candidate.is_file():
                 shutil.copy(candidate, tmp_path / candidate.name)
@@ -34,7 +34,7 @@ def _copy_split(tmp_path, split="test"):
 
 
 def test_real_data_shapes_labels_and_statistics():
-    images, labels = data.load_raw("train")
+    images, labels = data.load_raw("trainval")
     assert images.shape == (60000, 28, 28) and images.dtype == torch.uint8
     assert labels.shape == (60000,) and labels.dtype == torch.int64
     assert torch.bincount(labels).tolist() == [6000] * 10
@@ -194,6 +194,72 @@ def test_tensor_loader_rejects_mismatched_tensors():
         data.TensorLoader(torch.zeros(5, 2), torch.zeros(4))
     with pytest.raises(ValueError, match="batch_size"):
         data.TensorLoader(torch.zeros(5), batch_size=0)
+
+
+# The validation split: pinned, so that a change of the selection cannot pass unnoticed.
+VAL_SHA256 = "f4fcec55820a50ff0dec52946df8c4c7c3f7e9c588419b355574eb9b5f479ea7"
+
+
+def test_splits_sizes_balance_and_disjointness():
+    train_x, train_y = data.load_raw("train")
+    val_x, val_y = data.load_raw("val")
+    all_x, all_y = data.load_raw("trainval")
+    assert train_x.shape == (55000, 28, 28) and val_x.shape == (5000, 28, 28)
+    assert torch.bincount(val_y).tolist() == [500] * 10
+    assert torch.bincount(train_y).tolist() == [5500] * 10
+    index = data.val_indices()
+    assert index.shape == (5000,) and torch.equal(index, index.sort().values) and index.unique().numel() == 5000
+    assert torch.equal(val_x, all_x[index]) and torch.equal(val_y, all_y[index])
+    rest = torch.ones(60000, dtype=torch.bool)
+    rest[index] = False
+    assert torch.equal(train_x, all_x[rest]) and torch.equal(train_y, all_y[rest])
+    # disjoint and complete as sets of images, not only of positions: no val image is also a train image
+    train_rows = {bytes(row.numpy()) for row in train_x.flatten(1)}
+    val_rows = {bytes(row.numpy()) for row in val_x.flatten(1)}
+    all_rows = {bytes(row.numpy()) for row in all_x.flatten(1)}
+    assert not train_rows & val_rows and train_rows | val_rows == all_rows
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.fashion_mnist("validation")
+
+
+def test_val_split_is_fixed_and_ignores_global_rngs():
+    import hashlib
+
+    torch.manual_seed(123)
+    first = data.val_indices()
+    data._val_indices.cache_clear()
+    torch.manual_seed(456)
+    torch.rand(10)
+    second = data.val_indices()
+    assert torch.equal(first, second)
+    assert hashlib.sha256(str(first.tolist()).encode()).hexdigest() == VAL_SHA256
+    # recomputed from the documented rule, independently of the implementation
+    labels = data.load_raw("trainval")[1].tolist()
+    rule = []
+    for cls in range(10):
+        members = [i for i, label in enumerate(labels) if label == cls]
+        members.sort(key=lambda i: hashlib.sha256(f"{data.VAL_KEY}:{i}".encode()).digest())
+        rule += members[:500]
+    assert sorted(rule) == first.tolist()
+
+
+def test_val_split_is_the_same_in_another_process():
+    import subprocess
+    import sys
+
+    code = "import hashlib; from common import data; print(hashlib.sha256(str(data.val_indices().tolist()).encode()).hexdigest())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == VAL_SHA256
+
+
+def test_loaders_with_val_split():
+    train, val, test = data.loaders(100, train_limit=300, val=True)
+    assert train.num_examples == 300 and val.num_examples == 5000 and test.num_examples == 10000
+    assert torch.equal(train.tensors[0], data.fashion_mnist("train", limit=300)[0])
+    assert torch.equal(val.tensors[1], data.fashion_mnist("val")[1])
+    old_train, old_test = data.loaders(100, train_limit=300)   # the notebooks' call: all 60,000, file order
+    assert torch.equal(old_train.tensors[0], data.fashion_mnist("trainval", limit=300)[0])
+    assert old_test.num_examples == 10000
 
 
 def test_loaders_subset_and_transform():
