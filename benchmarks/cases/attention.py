@@ -32,10 +32,29 @@ def _heads():
     return (torch.randn(shape), torch.randn(shape), torch.randn(shape))
 
 
+# a Fashion-MNIST ViT: 49 patches of 4x4 + a class token = 50 tokens, 3 heads of 64 (ViT-Tiny width)
+_VIT_BATCH, _VIT_TOKENS = 128, 50
+
+
+def _vit_tokens():
+    return (torch.randn(_VIT_BATCH, _VIT_TOKENS, _DIM),)
+
+
+def _vit_heads():
+    shape = (_VIT_BATCH, _HEADS, _VIT_TOKENS, _DIM // _HEADS)
+    return (torch.randn(shape), torch.randn(shape), torch.randn(shape))
+
+
 CASES = [
     Case("MultiheadAttention (self)", _NOTE,
          lambda: _SelfAttention(ours.MultiheadAttention(_DIM, _HEADS, batch_first=True)),
          lambda: _SelfAttention(nn.MultiheadAttention(_DIM, _HEADS, batch_first=True)), _tokens),
     Case("scaled_dot_product_attention", f"q, k, v ({_BATCH}, {_HEADS}, {_TOKENS}, {_DIM // _HEADS})",
          lambda: scaled_dot_product_attention, lambda: F.scaled_dot_product_attention, _heads),
+    Case("MultiheadAttention (self), 50 tokens", f"Fashion-MNIST ViT, batch {_VIT_BATCH}, {_VIT_TOKENS} tokens, {_DIM} dim",
+         lambda: _SelfAttention(ours.MultiheadAttention(_DIM, _HEADS, batch_first=True)),
+         lambda: _SelfAttention(nn.MultiheadAttention(_DIM, _HEADS, batch_first=True)), _vit_tokens),
+    Case("scaled_dot_product_attention, 50 tokens",
+         f"q, k, v ({_VIT_BATCH}, {_HEADS}, {_VIT_TOKENS}, {_DIM // _HEADS})",
+         lambda: scaled_dot_product_attention, lambda: F.scaled_dot_product_attention, _vit_heads),
 ]
