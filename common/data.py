@@ -59,6 +59,7 @@ __all__ = [
     "fashion_mnist",
     "TensorLoader",
     "loaders",
+    "Augment",
 ]
 
 #: The ten classes, in label order.
@@ -350,3 +351,60 @@ def loaders(batch_size: int = 256, *, train_limit: Optional[int] = None,
         return train, test
     x_val, y_val = fashion_mnist("val", limit=val_limit)
     return train, TensorLoader(x_val, y_val, batch_size=test_batch_size), test
+
+
+class Augment:
+    """Random crop with zero padding and horizontal flip, on a whole batch ``(B, C, H, W)`` at once.
+
+    ``crop_padding=p`` pads every image by ``p`` pixels of ``fill`` (default:
+    a black pixel after :func:`fashion_mnist`'s normalisation) and cuts a
+    window of the original size at a random offset per image (what
+    ``torchvision.transforms.RandomCrop(size, padding=p)`` does image by
+    image); ``flip`` mirrors a random half left-right. The randomness comes
+    from the object's own generator (seeded by ``seed``, saved by
+    :meth:`state_dict`), never from torch's global one, so that a run resumed
+    from a checkpoint, or run on several processes that all augment the same
+    global batch, draws exactly the same crops and flips.
+    """
+
+    def __init__(self, crop_padding: int = 0, flip: bool = False, *, seed: int = 0,
+                 fill: float = (0.0 - MEAN) / STD):
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        self.crop_padding = int(crop_padding)
+        self.flip = bool(flip)
+        self.fill = float(fill)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __bool__(self) -> bool:
+        return self.crop_padding > 0 or self.flip
+
+    def __repr__(self) -> str:
+        return f"Augment(crop_padding={self.crop_padding}, flip={self.flip})"
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4:
+            raise ValueError(f"Augment expected a batch (B, C, H, W), got shape {tuple(images.shape)}")
+        batch, _, height, width = images.shape
+        out = images
+        if self.crop_padding > 0:
+            p = self.crop_padding
+            padded = images.new_full((batch, images.shape[1], height + 2 * p, width + 2 * p), self.fill)
+            padded[:, :, p:p + height, p:p + width] = images
+            dy = torch.randint(0, 2 * p + 1, (batch,), generator=self.generator).to(images.device)
+            dx = torch.randint(0, 2 * p + 1, (batch,), generator=self.generator).to(images.device)
+            rows = dy[:, None] + torch.arange(height, device=images.device)            # (B, H)
+            cols = dx[:, None] + torch.arange(width, device=images.device)             # (B, W)
+            picked = padded[torch.arange(batch, device=images.device)[:, None, None], :,
+                            rows[:, :, None], cols[:, None, :]]                        # (B, H, W, C)
+            out = picked.permute(0, 3, 1, 2).contiguous()
+        if self.flip:
+            mirror = (torch.rand(batch, generator=self.generator) < 0.5).to(images.device)
+            out = torch.where(mirror.view(-1, 1, 1, 1), out.flip(-1), out)
+        return out

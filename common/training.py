@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["get_device", "seed_everything", "History", "fit", "evaluate", "count_parameters"]
+__all__ = ["get_device", "seed_everything", "History", "fit", "evaluate", "count_parameters", "make_scaler"]
 
 
 def get_device(prefer: Optional[str] = None) -> torch.device:
@@ -106,28 +106,72 @@ def evaluate(model: nn.Module, loader: Iterable, *, loss_fn: Callable = F.cross_
     return total_loss / seen, correct / seen
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or DataParallel) wrapper, else ``model``."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def make_scaler(device: torch.device, amp: bool):
+    """The gradient scaler ``fit`` uses: float16 autocast on CUDA needs one; bfloat16 and the CPU do not."""
+    if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def _all_reduce_sums(values: list, device: torch.device) -> list:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor(values, dtype=torch.float64, device=backend_device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
 def fit(model: nn.Module, train_loader: Iterable, *, epochs: int,
         optimizer: Optional[torch.optim.Optimizer] = None, lr: float = 1e-3,
         loss_fn: Callable = F.cross_entropy, val_loader: Optional[Iterable] = None,
         scheduler=None, device: Optional[torch.device] = None, amp: bool = False,
-        progress: bool = True, verbose: bool = True, desc: str = "") -> History:
+        progress: bool = True, verbose: bool = True, desc: str = "",
+        start_epoch: int = 0, history: Optional[History] = None, scaler=None,
+        on_epoch_end: Optional[Callable[[int, History], None]] = None,
+        stop_epoch: Optional[int] = None) -> History:
     """Train ``model`` for ``epochs`` and return its :class:`History`.
 
     * ``optimizer`` defaults to AdamW(lr); ``scheduler`` (optional) is stepped
       after every batch (use schedules defined in steps, e.g. OneCycleLR).
     * ``val_loader`` is evaluated after every epoch.
     * ``amp=True`` uses bfloat16 (float16 with a gradient scaler where bf16 is
-      unsupported) autocast on CUDA; it does nothing elsewhere.
+      unsupported) autocast on CUDA; it does nothing elsewhere. ``scaler``
+      passes that scaler in (see :func:`make_scaler`), e.g. to checkpoint it.
+    * Resuming: ``start_epoch`` epochs are already done (the loop runs
+      ``start_epoch + 1 .. epochs``) and ``history`` (their metrics) is
+      appended to. ``on_epoch_end(epoch, history)`` is called after each epoch
+      (checkpointing, early logging). ``stop_epoch`` ends the loop after that
+      epoch, as an interruption would (the schedule still spans ``epochs``).
+    * Distributed: ``model`` may be a ``DistributedDataParallel``; validation
+      runs on the wrapped module (no collective, so it may be given on one rank
+      only), the epoch's train loss and accuracy are summed over the ranks, and
+      a loader with a ``loss_weight`` attribute (``common.distributed.
+      ShardedLoader``) has each batch's loss multiplied by it before the
+      backward pass, so that DDP's mean of the ranks' gradients is the gradient
+      of the mean over the whole global batch.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if not 0 <= start_epoch <= epochs:
+        raise ValueError(f"start_epoch must be in 0..epochs={epochs}, got {start_epoch}")
+    stop_epoch = epochs if stop_epoch is None else stop_epoch
+    if not start_epoch <= stop_epoch <= epochs:
+        raise ValueError(f"stop_epoch must be in start_epoch..epochs = {start_epoch}..{epochs}, got {stop_epoch}")
     device = device or get_device()
     model.to(device)
     optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=lr)
-    use_scaler = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    history = History()
-    for epoch in range(1, epochs + 1):
+    if scaler is None:
+        scaler = make_scaler(device, amp)
+    history = history if history is not None else History()
+    for epoch in range(start_epoch + 1, stop_epoch + 1):
         model.train()
         start = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
@@ -139,13 +183,15 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int,
                 loss = loss_fn(logits.float(), y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}; lower the learning rate")
+            weight = getattr(train_loader, "loss_weight", None)
+            step_loss = loss if weight is None else loss * weight
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
-                scaler.scale(loss).backward()
+                scaler.scale(step_loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                loss.backward()
+                step_loss.backward()
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -154,16 +200,19 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int,
             seen += y.shape[0]
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         bar.close()
+        total_loss, correct, seen = _all_reduce_sums([total_loss, correct, seen], device)
         history.train_loss.append(total_loss / seen)
         history.train_acc.append(correct / seen)
         line = (f"{desc + ' ' if desc else ''}epoch {epoch:>2}/{epochs}: "
                 f"train loss {total_loss / seen:.4f}, acc {correct / seen:.2%}")
         if val_loader is not None:
-            val_loss, val_acc = evaluate(model, val_loader, loss_fn=loss_fn, device=device, amp=amp)
+            val_loss, val_acc = evaluate(_unwrap(model), val_loader, loss_fn=loss_fn, device=device, amp=amp)
             history.val_loss.append(val_loss)
             history.val_acc.append(val_acc)
             line += f" | val loss {val_loss:.4f}, acc {val_acc:.2%}"
         history.seconds.append(time.perf_counter() - start)
         if verbose:
             print(f"{line} | {history.seconds[-1]:.1f} s", flush=True)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
     return history
