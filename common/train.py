@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
@@ -96,19 +97,15 @@ def model_names() -> tuple:
     return tuple(sorted(found, key=str.lower))
 
 
-def _accepted(constructor) -> Optional[set]:
-    """Keyword names ``constructor`` takes, or None if it forwards ``**kwargs`` somewhere unknown."""
+def _arguments(constructor) -> tuple:
+    """(names the constructor's signature shows, whether it forwards ``**kwargs`` further)."""
     params = inspect.signature(constructor).parameters
-    names = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        cls = _return_class(constructor)
-        if cls is None or cls is constructor:
-            return None
-        inner = inspect.signature(cls.__init__).parameters
-        if any(p.kind is p.VAR_KEYWORD for p in inner.values()):
-            return None
-        names |= {n for n in inner if n != "self"}
-    return names - {"self"}
+    names = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+    forwards = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    cls = _return_class(constructor)
+    if forwards and cls is not None and cls is not constructor:
+        names |= {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
+    return names, forwards
 
 
 def build_model(name: str, model_args: Optional[Dict] = None) -> nn.Module:
@@ -123,12 +120,15 @@ def build_model(name: str, model_args: Optional[Dict] = None) -> nn.Module:
         hint = f" Close names: {', '.join(close)}." if close else ""
         raise ConfigError(f"unknown model {name!r}.{hint} The models are: {', '.join(known)}.")
     constructor = getattr(models, name)
-    accepted = _accepted(constructor)
-    if accepted is not None:
-        unknown = sorted(set(model_args) - accepted)
-        if unknown:
-            raise ConfigError(f"{name} takes no argument {', '.join(map(repr, unknown))}; "
-                              f"it takes: {', '.join(sorted(accepted))}.")
+    accepted, forwards = _arguments(constructor)
+
+    def no_such(unknown):
+        more = " (it passes **kwargs on, so there may be more)" if forwards else ""
+        return ConfigError(f"{name} takes no argument {', '.join(map(repr, unknown))}; it takes: "
+                           f"{', '.join(sorted(accepted))}{more}.")
+
+    if not forwards and set(model_args) - accepted:
+        raise no_such(sorted(set(model_args) - accepted))
     for key, allowed in CLASS_ARGUMENTS.items():
         if key in model_args:
             if model_args[key] not in allowed:
@@ -136,7 +136,13 @@ def build_model(name: str, model_args: Optional[Dict] = None) -> nn.Module:
             model_args[key] = getattr(models, model_args[key])
     try:
         model = constructor(**model_args)
-    except (TypeError, ValueError) as error:
+    except TypeError as error:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if unexpected:
+            raise no_such([unexpected.group(1)]) from None
+        raise ConfigError(f"{name}(**{json.dumps({k: v for k, v in model_args.items() if k not in CLASS_ARGUMENTS})}) "
+                          f"failed: {error}") from error
+    except ValueError as error:
         raise ConfigError(f"{name}(**{json.dumps({k: v for k, v in model_args.items() if k not in CLASS_ARGUMENTS})}) "
                           f"failed: {error}") from error
     return model
@@ -194,7 +200,10 @@ _RUN_OPTIONS = ("recipe", "list_recipes", "list_models", "resume", "val_limit", 
 
 def make_config(args: argparse.Namespace) -> Dict:
     """Defaults, updated by the recipe, updated by every option given on the command line."""
-    config = recipes.get(args.recipe) if args.recipe else dict(recipes.DEFAULTS, model_args={})
+    try:
+        config = recipes.get(args.recipe) if args.recipe else dict(recipes.DEFAULTS, model_args={})
+    except KeyError as error:
+        raise ConfigError(error.args[0]) from None
     if args.recipe:
         config["recipe"] = args.recipe
     for key, value in vars(args).items():
@@ -298,8 +307,9 @@ def load_checkpoint(path, map_location="cpu") -> Dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same explanation
-        raise CheckpointError(f"{path} is not a checkpoint of this project: torch.load cannot read it "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path} is not a checkpoint of this project: torch.load(weights_only=True) cannot "
+                              f"read it ({type(error).__name__}); it was not written by torch.save, or it holds "
+                              f"objects other than tensors and plain values") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         kind = type(checkpoint).__name__
         if isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
@@ -449,12 +459,18 @@ def _run(config, ctx, out, resume, val_limit, test_limit, stop_after, progress) 
         return write_results("stopped")
     test_loader = data.TensorLoader(*data.fashion_mnist("test", limit=test_limit), batch_size=1000)
     test_loss, test_acc = evaluate(inner, test_loader, device=device, amp=config["amp"])
-    extra = {"test_acc": test_acc, "test_loss": test_loss, "test_images": test_loader.num_examples}
+    extra = {"test_acc": test_acc, "test_loss": test_loss, "test_images": test_loader.num_examples,
+             "recipe_unchanged": bool(config.get("recipe")) and _same_training(config, recipes.get(config["recipe"]))}
     line = f"test accuracy {test_acc:.2%} ({test_loader.num_examples:,} images, final weights)"
-    if config.get("notebook_accuracy") is not None:
+    if extra["recipe_unchanged"]:
         line += f"; the notebook's run printed {config['notebook_accuracy']:.2%}"
     _log(True, line)
     return write_results("done", extra)
+
+
+def _same_training(config: Dict, recipe: Dict) -> bool:
+    """Whether ``config`` trains exactly as ``recipe`` (only the run options, e.g. threads, may differ)."""
+    return all(config.get(key) == value for key, value in recipe.items() if key in recipes.DEFAULTS)
 
 
 def _list_recipes() -> str:

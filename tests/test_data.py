@@ -267,3 +267,39 @@ def test_loaders_subset_and_transform():
     xb, yb = next(iter(train))
     assert xb.shape == (64, 1, 28, 28) and yb.shape == (64,)
     assert len(train) == 4 and len(test) == 1
+
+
+def test_augment_crop_matches_pad_then_slice_image_by_image():
+    images = torch.randn(6, 2, 5, 7)
+    augment = data.Augment(crop_padding=2, seed=3, fill=-1.5)
+    out = augment(images)
+    assert out.shape == images.shape and out.is_contiguous()
+    generator = torch.Generator().manual_seed(3)                        # the same draws, one image at a time
+    dy, dx = torch.randint(0, 5, (6,), generator=generator), torch.randint(0, 5, (6,), generator=generator)
+    for i in range(6):
+        padded = torch.nn.functional.pad(images[i], (2, 2, 2, 2), value=-1.5)
+        assert torch.equal(out[i], padded[:, dy[i]:dy[i] + 5, dx[i]:dx[i] + 7])
+    assert out.eq(-1.5).any(), "some crops reach into the padding"
+
+
+def test_augment_flip_mirrors_about_half_and_is_reproducible():
+    images = torch.randn(400, 1, 4, 4)
+    out = data.Augment(flip=True, seed=0)(images)
+    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images)]
+    kept = [torch.equal(o, i) for o, i in zip(out, images)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 150 < sum(flipped) < 250
+    again = data.Augment(flip=True, seed=0)
+    assert torch.equal(again(images), out)
+    state = again.state_dict()
+    first = again(images)
+    again.load_state_dict(state)
+    assert torch.equal(again(images), first), "the saved generator state replays the same draws"
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    data.Augment(crop_padding=1, flip=True)(images)
+    assert torch.equal(torch.get_rng_state(), before), "torch's global generator is not touched"
+    assert not data.Augment() and data.Augment(flip=True)
+    with pytest.raises(ValueError, match="expected a batch"):
+        data.Augment(flip=True)(torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="crop_padding"):
+        data.Augment(crop_padding=-1)

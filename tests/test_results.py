@@ -65,3 +65,16 @@ def test_collect_rejects_broken_lines(tmp_path):
 def test_collect_of_the_repository_parses():
     for entry in results.collect():
         assert 0.0 < entry["accuracy"] <= 1.0 and entry["budget"] == "default", entry
+
+
+def test_record_takes_the_test_accuracy_explicitly(capsys):
+    model = nn.Linear(2, 2)
+    entry = results.record("toy", notebook="n", history=_history(), model=model, input_shape=(1, 2), train_images=3,
+                           test_accuracy=0.7512345)
+    assert entry["accuracy"] == 0.7512, "the explicit test accuracy, not the history's last val accuracy"
+    no_val = History(train_loss=[1.0], train_acc=[0.5], seconds=[1.0])
+    assert results.record("toy", notebook="n", history=no_val, model=model, input_shape=(1, 2), train_images=3,
+                          test_accuracy=0.5)["accuracy"] == 0.5
+    with pytest.raises(ValueError, match="fraction"):
+        results.record("toy", notebook="n", history=no_val, model=model, input_shape=(1, 2), train_images=3,
+                       test_accuracy=75.0)

@@ -67,3 +67,44 @@ def test_device_choice_and_parameter_count():
     assert device.type == expected and device.type in {"cuda", "mps", "cpu"}
     assert training.get_device("cpu") == torch.device("cpu")
     assert training.count_parameters(nn.Linear(4, 3)) == 15
+
+
+def test_fit_in_pieces_equals_fit_at_once():
+    def model_and_loader():
+        training.seed_everything(2)
+        x, y = _blobs(n=200)
+        model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 3))
+        return model, data.TensorLoader(x, y, batch_size=32, shuffle=True, seed=4)
+
+    model, loader = model_and_loader()
+    whole = training.fit(model, loader, epochs=3, lr=0.05, progress=False, verbose=False, device=torch.device("cpu"))
+    other, loader = model_and_loader()
+    optimizer = torch.optim.AdamW(other.parameters(), lr=0.05)
+    seen = []
+    part = training.fit(other, loader, epochs=3, optimizer=optimizer, progress=False, verbose=False,
+                        device=torch.device("cpu"), stop_epoch=1, on_epoch_end=lambda e, h: seen.append(e))
+    assert part.epochs == 1 and seen == [1]
+    part = training.fit(other, loader, epochs=3, optimizer=optimizer, progress=False, verbose=False,
+                        device=torch.device("cpu"), start_epoch=1, history=part, on_epoch_end=lambda e, h: seen.append(e))
+    assert seen == [1, 2, 3] and part.train_loss == whole.train_loss
+    for a, b in zip(model.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="stop_epoch"):
+        training.fit(other, loader, epochs=3, start_epoch=2, stop_epoch=1)
+
+
+def test_fit_multiplies_a_loaders_loss_weight_into_the_step():
+    x, y = _blobs(n=64)
+
+    class Weighted(data.TensorLoader):
+        loss_weight = 0.5
+
+    grads = []
+    for loader, lr in ((data.TensorLoader(x, y, batch_size=64), 0.5), (Weighted(x, y, batch_size=64), 1.0)):
+        torch.manual_seed(0)
+        model = nn.Linear(2, 3)
+        history = training.fit(model, loader, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+                               progress=False, verbose=False, device=torch.device("cpu"))
+        grads.append((model.weight.detach().clone(), history.train_loss[0]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])              # half the gradient at twice the lr
+    assert grads[0][1] == grads[1][1], "the logged loss is the unweighted one"
