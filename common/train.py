@@ -190,12 +190,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-after", type=int, metavar="EPOCH",
                      help="stop after this epoch, as if interrupted (resume later with --resume)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for action in parser._actions:                  # options default to None, so that a recipe's values stay
+        if action.dest in recipes.DEFAULTS and action.dest not in ("model", "model_args"):
+            default = recipes.DEFAULTS[action.dest]
+            shown = "all" if default is None else default
+            action.help = f"{action.help + ' ' if action.help else ''}(default: {shown})"
     return parser
 
 
 #: command-line options that belong to the run, not to the training configuration
 _RUN_OPTIONS = ("recipe", "list_recipes", "list_models", "resume", "val_limit", "test_limit", "threads", "device",
                 "out", "stop_after", "no_progress")
+#: run options kept in the checkpoint, so that --resume evaluates on the same images
+_KEPT_OPTIONS = ("val_limit", "test_limit")
 
 
 def make_config(args: argparse.Namespace) -> Dict:
@@ -206,6 +213,7 @@ def make_config(args: argparse.Namespace) -> Dict:
         raise ConfigError(error.args[0]) from None
     if args.recipe:
         config["recipe"] = args.recipe
+    config.update({key: getattr(args, key) for key in _KEPT_OPTIONS})
     for key, value in vars(args).items():
         if key in _RUN_OPTIONS or value is None:
             continue
@@ -367,7 +375,10 @@ def run(config: Dict, *, out: Optional[Path] = None, resume: Optional[Dict] = No
     """Train as ``config`` says; return the summary that ``results.json`` holds (rank 0) or ``{}``."""
     ctx = setup(get_device(device))
     try:
-        return _run(config, ctx, out, resume, val_limit, test_limit, stop_after, progress)
+        summary = _run(config, ctx, out, resume, val_limit, test_limit, stop_after, progress)
+        if ctx.distributed:
+            torch.distributed.barrier()          # the other ranks wait for rank 0's test evaluation and files
+        return summary
     finally:
         cleanup()
 
@@ -460,7 +471,8 @@ def _run(config, ctx, out, resume, val_limit, test_limit, stop_after, progress) 
     test_loader = data.TensorLoader(*data.fashion_mnist("test", limit=test_limit), batch_size=1000)
     test_loss, test_acc = evaluate(inner, test_loader, device=device, amp=config["amp"])
     extra = {"test_acc": test_acc, "test_loss": test_loss, "test_images": test_loader.num_examples,
-             "recipe_unchanged": bool(config.get("recipe")) and _same_training(config, recipes.get(config["recipe"]))}
+             "recipe_unchanged": bool(config.get("recipe")) and test_limit is None
+             and _same_training(config, recipes.get(config["recipe"]))}
     line = f"test accuracy {test_acc:.2%} ({test_loader.num_examples:,} images, final weights)"
     if extra["recipe_unchanged"]:
         line += f"; the notebook's run printed {config['notebook_accuracy']:.2%}"
@@ -501,12 +513,15 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             if given:
                 raise ConfigError(f"--resume continues the checkpoint's configuration; drop {', '.join(given)}")
             out = Path(args.out) if args.out else Path(args.resume).resolve().parent
-            return run(checkpoint["config"], out=out, resume=checkpoint, device=args.device, val_limit=args.val_limit,
-                       test_limit=args.test_limit, stop_after=args.stop_after, progress=not args.no_progress)
+            config = checkpoint["config"]
+            limits = {key: getattr(args, key) if getattr(args, key) is not None else config.get(key)
+                      for key in _KEPT_OPTIONS}
+            return run(config, out=out, resume=checkpoint, device=args.device, stop_after=args.stop_after,
+                       progress=not args.no_progress, **limits)
         config = make_config(args)
         build_model(config["model"], config["model_args"])           # fail before loading any data
-        return run(config, out=args.out, device=args.device, val_limit=args.val_limit, test_limit=args.test_limit,
-                   stop_after=args.stop_after, progress=not args.no_progress)
+        return run(config, out=args.out, device=args.device, val_limit=config["val_limit"],
+                   test_limit=config["test_limit"], stop_after=args.stop_after, progress=not args.no_progress)
     except (ConfigError, CheckpointError) as error:
         parser.error(str(error))
 

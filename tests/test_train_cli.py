@@ -40,8 +40,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, capsys
     # the resumed process must not rely on anything left in this one: scramble every generator first
     torch.manual_seed(12345)
     random.seed(6789)
-    resumed = train.main(["--resume", str(tmp_path / "resumed" / "last.pt"), "--val-limit", "200", "--test-limit",
-                          "200", "--device", "cpu", "--no-progress"])
+    resumed = train.main(["--resume", str(tmp_path / "resumed" / "last.pt"), "--device", "cpu", "--no-progress"])
     assert "resumed after epoch 1 of 2" in capsys.readouterr().out
     a, b = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "resumed" / "last.pt")
     assert a["epoch"] == b["epoch"] == 2
@@ -50,6 +49,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, capsys
     assert resumed["history"]["val_acc"] == straight["history"]["val_acc"]
     assert resumed["test_acc"] == straight["test_acc"]
     assert resumed["status"] == "done" and len(resumed["history"]["seconds"]) == 2
+    assert resumed["test_images"] == 200, "the val and test limits travel in the checkpoint"
 
 
 def test_checkpoint_contents_and_best(tmp_path):
