@@ -48,8 +48,8 @@ from . import data, recipes
 from .distributed import ShardedLoader, cleanup, setup
 from .training import History, evaluate, fit, get_device, make_scaler, seed_everything
 
-__all__ = ["CHECKPOINT_FORMAT", "ConfigError", "CheckpointError", "model_names", "build_model", "load_checkpoint",
-           "main"]
+__all__ = ["CHECKPOINT_FORMAT", "ConfigError", "CheckpointError", "model_names", "build_model", "make_optimizer",
+           "make_scheduler", "make_loss", "load_checkpoint", "run", "main"]
 
 CHECKPOINT_FORMAT = "cv-from-scratch/checkpoint"
 CHECKPOINT_VERSION = 1
@@ -240,13 +240,15 @@ def make_config(args: argparse.Namespace) -> Dict:
 
 # ----------------------------------------------------------------------------------------- pieces
 
-def _loss(label_smoothing: float):
+def make_loss(label_smoothing: float):
+    """Cross-entropy, with label smoothing if ``label_smoothing`` > 0."""
     if label_smoothing:
         return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
     return F.cross_entropy
 
 
-def _optimizer(model: nn.Module, config: Dict) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: Dict) -> torch.optim.Optimizer:
+    """The optimizer a configuration (e.g. ``recipes.get(name)``) asks for, over ``model``'s parameters."""
     wd = config["weight_decay"]
     if config["decay_1d"]:
         params = model.parameters()
@@ -263,7 +265,8 @@ def _optimizer(model: nn.Module, config: Dict) -> torch.optim.Optimizer:
     raise ConfigError(f"optimizer must be adamw or sgd, got {config['optimizer']!r}")
 
 
-def _scheduler(optimizer, config: Dict, steps_per_epoch: int):
+def make_scheduler(optimizer, config: Dict, steps_per_epoch: int):
+    """The per-step learning-rate schedule of a configuration (None for "none")."""
     total = config["epochs"] * steps_per_epoch
     if config["schedule"] == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=total,
@@ -402,8 +405,8 @@ def _run(config, ctx, out, resume, val_limit, test_limit, stop_after, progress) 
     val_loader = None
     if config["train_split"] == "train" and main_rank:
         val_loader = data.TensorLoader(*data.fashion_mnist("val", limit=val_limit), batch_size=1000)
-    optimizer = _optimizer(model, config)
-    scheduler = _scheduler(optimizer, config, len(train_loader))
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, len(train_loader))
     scaler = make_scaler(device, config["amp"])
     history, start_epoch, wall = History(), 0, 0.0
     best = {"val_acc": None, "epoch": None}
@@ -459,7 +462,7 @@ def _run(config, ctx, out, resume, val_limit, test_limit, stop_after, progress) 
     epochs = config["epochs"] if stop_after is None else min(config["epochs"], stop_after)
     if start_epoch < epochs:
         fit(model, train_loader, epochs=config["epochs"], optimizer=optimizer, scheduler=scheduler,
-            loss_fn=_loss(config["label_smoothing"]), val_loader=val_loader, device=device, amp=config["amp"],
+            loss_fn=make_loss(config["label_smoothing"]), val_loader=val_loader, device=device, amp=config["amp"],
             progress=progress and main_rank, verbose=main_rank, desc=config["model"], start_epoch=start_epoch,
             history=history, scaler=scaler, on_epoch_end=on_epoch_end, stop_epoch=epochs)
     if not main_rank:

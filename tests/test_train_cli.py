@@ -179,3 +179,21 @@ def test_results_table_of_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         results.main([str(tmp_path / "runs")])
     assert "unreadable results file" in capsys.readouterr().err
+
+
+def test_recipe_optimizer_and_schedule_are_the_notebooks():
+    recipe = recipes.get("stage3_resnets/01_resnet")              # SGD, Nesterov, no decay on 1-d parameters
+    model = train.build_model(recipe["model"], recipe["model_args"])
+    optimizer = train.make_optimizer(model, recipe)
+    assert isinstance(optimizer, torch.optim.SGD) and [g["weight_decay"] for g in optimizer.param_groups] == [5e-4, 0.0]
+    decay, no_decay = (g["params"] for g in optimizer.param_groups)
+    assert all(p.dim() > 1 for p in decay) and all(p.dim() <= 1 for p in no_decay)
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
+    scheduler = train.make_scheduler(optimizer, recipe, steps_per_epoch=469)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.total_steps == 4690
+    lenet = recipes.get("stage2_cnn/01_lenet")
+    adamw = train.make_optimizer(train.build_model("lenet5"), lenet)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 1e-4 and adamw.defaults["lr"] == 3e-3
+    assert train.make_loss(0.0) is torch.nn.functional.cross_entropy
+    assert train.make_loss(0.1).keywords == {"label_smoothing": 0.1}
