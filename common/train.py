@@ -432,6 +432,8 @@ def _run(config, ctx, out, resume, val_limit, test_limit, stop_after, progress) 
                    f"images, {'val ' + str(val_loader.num_examples) if val_loader else 'no val (trainval)'}, "
                    f"{config['epochs']} epochs, batch {config['batch_size']} on {ctx.world_size} process(es), "
                    f"{device}; writing {out}")
+    if config["amp"] and device.type != "cuda":
+        _log(main_rank, f"--amp: mixed precision is for CUDA only; on {device.type} this run stays in float32")
     if resume is not None:
         _set_rng_state(resume["rng"], train_loader, augment)   # last: nothing may draw between this and fit
         _log(main_rank, f"resumed after epoch {start_epoch} of {config['epochs']}")
