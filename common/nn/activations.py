@@ -2,6 +2,7 @@
 # DO NOT EDIT: change the notebook's `#| export` cells and run the export again;
 # the tests fail while this file and the notebook differ.
 
+import functools
 import math
 
 import torch
@@ -26,25 +27,85 @@ def _check_dim(input: torch.Tensor, dim, name: str) -> int:
     return dim
 
 
+def _apply(function, input: torch.Tensor, *args) -> torch.Tensor:
+    """function.apply(input, *args); float16/bfloat16 are computed in float32 and rounded once at the end."""
+    if input.dtype in (torch.float16, torch.bfloat16):
+        return function.apply(input.float(), *args).to(input.dtype)
+    return function.apply(input, *args)
+
+
+_CHUNK_NUMEL = 1 << 17   # elements per chunk (512 KiB of float32); chosen by the measurement in section 6
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_constants(values: tuple, dtype: torch.dtype, device: torch.device) -> tuple:
+    return tuple(torch.tensor(value, dtype=dtype, device=device) for value in values)
+
+
+def _constants(values: tuple, like: torch.Tensor) -> tuple:
+    """The numbers in ``values`` as 0-d tensors of like's dtype: cheaper per call than Python scalars."""
+    if torch.compiler.is_compiling():
+        return tuple(torch.tensor(value, dtype=like.dtype, device=like.device) for value in values)
+    return _cached_constants(values, like.dtype, like.device)
+
+
+def _in_chunks(kernel, outputs: tuple, inputs: tuple, scratch: int = 0, constants: tuple = ()) -> None:
+    """Run kernel(*output_pieces, *input_pieces, *scratch_pieces, *constants) over cache-sized pieces.
+
+    Every tensor in ``outputs`` and ``inputs`` has the same shape; the kernel writes the outputs in place with
+    elementwise ops, using ``scratch`` temporary buffers. On CPU a large tensor is cut into pieces of about
+    _CHUNK_NUMEL elements, so that the kernel's passes over one piece find it in cache; on other devices
+    and under torch.compile (which fuses the kernel into one loop itself) it runs once on the whole tensors.
+    """
+    tensors, consts = outputs + inputs, _constants(constants, outputs[0])
+    reference = outputs[0]
+    numel = reference.numel()
+    if numel <= _CHUNK_NUMEL or reference.device.type != "cpu" or torch.compiler.is_compiling():
+        kernel(*tensors, *[torch.empty_like(reference) for _ in range(scratch)], *consts)
+        return
+    if all(t.is_contiguous() for t in tensors):
+        pieces = [t.view(-1).split(_CHUNK_NUMEL) for t in tensors]
+    else:   # walk every tensor in the memory order of the first output (channels_last, transposed, expanded...)
+        order = sorted(range(reference.dim()), key=reference.stride, reverse=True)
+        permuted = [t.permute(order) for t in tensors]
+        if all(t.is_contiguous() for t in permuted):
+            pieces = [t.view(-1).split(_CHUNK_NUMEL) for t in permuted]
+        else:       # whole slices along the outermost dimension instead
+            rows = max(1, _CHUNK_NUMEL * permuted[0].shape[0] // numel)
+            pieces = [t.split(rows) for t in permuted]
+    first = pieces[0][0]
+    buffers = [torch.empty(first.shape, dtype=reference.dtype) for _ in range(scratch)]
+    for piece in zip(*pieces):
+        size = piece[0].shape[0]
+        kernel(*piece, *(buffers if size == first.shape[0] else [b[:size] for b in buffers]), *consts)
+
+
+def _relu_backward_kernel(grad_input, grad_output, output):
+    torch.sign(output, out=grad_input)        # output >= 0, so sign is 1 where x > 0 and 0 where x <= 0
+    grad_input.mul_(grad_output)
+
+
 class ReLUFunction(torch.autograd.Function):
     """y = max(x, 0); dy/dx = 1 where x > 0, else 0 (torch's choice at exactly 0)."""
 
     @staticmethod
     def forward(ctx, input):
-        output = torch.where(input > 0, input, torch.zeros_like(input))
+        output = input.clamp(min=0)           # max(x, 0): one pass, the elementwise max with 0
         ctx.save_for_backward(output)
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
-        return grad_output * (output > 0)
+        grad_input = torch.empty_like(output)
+        _in_chunks(_relu_backward_kernel, (grad_input,), (grad_output, output))
+        return grad_input
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Functional ReLU. ``inplace`` is accepted for torch's signature; a new tensor is returned."""
     _check_floating(input, "relu")
-    return ReLUFunction.apply(input)
+    return _apply(ReLUFunction, input)
 
 
 class ReLU(nn.Module):
@@ -59,30 +120,40 @@ class ReLU(nn.Module):
         return "inplace=True" if self.inplace else ""
 
 
-def _stable_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """1 / (1 + e^{-x}) for x >= 0 and e^{x} / (1 + e^{x}) for x < 0: exp never sees a positive argument."""
-    e = torch.exp(-x.abs())                                # in (0, 1]: never overflows
-    return torch.where(x >= 0, 1 / (1 + e), e / (1 + e))
+def _sigmoid_kernel(output, input, one):
+    torch.neg(input, out=output)              # -x
+    output.exp_()                             # e^{-x}: inf for x < -88.7 (float32), and that is fine:
+    output.add_(one)                          # 1 + e^{-x}
+    output.reciprocal_()                      # 1 / (1 + e^{-x}); 1/inf = 0
+
+
+def _sigmoid_backward_kernel(grad_input, grad_output, output, one):
+    torch.sub(one, output, out=grad_input)    # 1 - y
+    grad_input.mul_(output)                   # y (1 - y)
+    grad_input.mul_(grad_output)              # g y (1 - y)
 
 
 class SigmoidFunction(torch.autograd.Function):
-    """y = 1 / (1 + e^{-x}) computed without overflow; dy/dx = y (1 - y)."""
+    """y = 1 / (1 + e^{-x}) (finite for every input, see section 3); dy/dx = y (1 - y)."""
 
     @staticmethod
     def forward(ctx, input):
-        output = _stable_sigmoid(input)
+        output = torch.empty_like(input)
+        _in_chunks(_sigmoid_kernel, (output,), (input,), constants=(1.0,))
         ctx.save_for_backward(output)
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
-        return grad_output * output * (1 - output)
+        grad_input = torch.empty_like(output)
+        _in_chunks(_sigmoid_backward_kernel, (grad_input,), (grad_output, output), constants=(1.0,))
+        return grad_input
 
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
     _check_floating(input, "sigmoid")
-    return SigmoidFunction.apply(input)
+    return _apply(SigmoidFunction, input)
 
 
 class Sigmoid(nn.Module):
@@ -90,31 +161,43 @@ class Sigmoid(nn.Module):
         return sigmoid(input)
 
 
-def _stable_tanh(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}): exp never overflows, expm1 keeps precision near 0."""
-    e = torch.exp(-2 * x.abs())
-    magnitude = -torch.expm1(-2 * x.abs()) / (1 + e)
-    return torch.where(x >= 0, magnitude, -magnitude)
+_TANH_SATURATES = 20.0   # tanh(20) = 1 - 8.5e-18 rounds to 1 in float64 (and float32): clamp |x| there
+
+
+def _tanh_kernel(output, input, scratch, two):
+    torch.mul(input, two, out=output)                              # 2x
+    output.clamp_(-2 * _TANH_SATURATES, 2 * _TANH_SATURATES)      # expm1 below cannot overflow
+    output.expm1_()                                                # u = e^{2x} - 1, exact near 0
+    torch.add(output, two, out=scratch)                            # u + 2 = e^{2x} + 1
+    output.div_(scratch)                                           # tanh x = u / (u + 2)
+
+
+def _tanh_backward_kernel(grad_input, grad_output, output):
+    torch.mul(grad_output, output, out=grad_input)                 # g y
+    torch.addcmul(grad_output, grad_input, output, value=-1, out=grad_input)   # g - g y y = g (1 - y^2)
 
 
 class TanhFunction(torch.autograd.Function):
-    """y = tanh(x); dy/dx = 1 - y^2."""
+    """y = tanh(x) = (e^{2x} - 1) / (e^{2x} + 1); dy/dx = 1 - y^2."""
 
     @staticmethod
     def forward(ctx, input):
-        output = _stable_tanh(input)
+        output = torch.empty_like(input)
+        _in_chunks(_tanh_kernel, (output,), (input,), scratch=1, constants=(2.0,))
         ctx.save_for_backward(output)
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
-        return grad_output * (1 - output * output)
+        grad_input = torch.empty_like(output)
+        _in_chunks(_tanh_backward_kernel, (grad_input,), (grad_output, output))
+        return grad_input
 
 
 def tanh(input: torch.Tensor) -> torch.Tensor:
     _check_floating(input, "tanh")
-    return TanhFunction.apply(input)
+    return _apply(TanhFunction, input)
 
 
 class Tanh(nn.Module):
@@ -130,9 +213,9 @@ class SoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, dim):
-        shifted = input - input.amax(dim=dim, keepdim=True)   # every exponent <= 0
-        exp = torch.exp(shifted)
-        output = exp / exp.sum(dim=dim, keepdim=True)
+        output = input - input.amax(dim=dim, keepdim=True) if input.numel() else input.clone()  # exponents <= 0
+        output.exp_()
+        output.div_(output.sum(dim=dim, keepdim=True))
         ctx.dim = dim
         ctx.save_for_backward(output)
         return output
@@ -141,7 +224,9 @@ class SoftmaxFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
         inner = (grad_output * output).sum(dim=ctx.dim, keepdim=True)
-        return output * (grad_output - inner), None
+        grad_input = grad_output - inner
+        grad_input.mul_(output)
+        return grad_input, None
 
 
 class LogSoftmaxFunction(torch.autograd.Function):
@@ -149,8 +234,8 @@ class LogSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, dim):
-        shifted = input - input.amax(dim=dim, keepdim=True)
-        output = shifted - torch.log(torch.exp(shifted).sum(dim=dim, keepdim=True))
+        output = input - input.amax(dim=dim, keepdim=True) if input.numel() else input.clone()
+        output.sub_(torch.exp(output).sum(dim=dim, keepdim=True).log_())
         ctx.dim = dim
         ctx.save_for_backward(output)
         return output
@@ -158,7 +243,8 @@ class LogSoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
-        return grad_output - torch.exp(output) * grad_output.sum(dim=ctx.dim, keepdim=True), None
+        total = grad_output.sum(dim=ctx.dim, keepdim=True)
+        return torch.addcmul(grad_output, torch.exp(output), total, value=-1), None
 
 
 def softmax(input: torch.Tensor, dim: int) -> torch.Tensor:
@@ -195,51 +281,84 @@ class LogSoftmax(nn.Module):
         return f"dim={self.dim}"
 
 
-_SQRT_2 = math.sqrt(2.0)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_CUBIC = 0.044715
 
 
-class GELUFunction(torch.autograd.Function):
-    """Exact form: y = x Phi(x), dy/dx = Phi(x) + x phi(x).
+def _gelu_kernel(output, cdf, input, inv_sqrt_2, half):
+    torch.mul(input, inv_sqrt_2, out=cdf)                       # x / sqrt(2)
+    cdf.erf_()
+    torch.add(half, cdf, alpha=0.5, out=cdf)                    # Phi(x) = 1/2 + erf(x / sqrt 2) / 2, saved
+    torch.mul(input, cdf, out=output)                           # x Phi(x)
 
-    Tanh form: y = x/2 (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3),
-    dy/dx = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+
+def _gelu_backward_kernel(grad_input, grad_output, input, cdf, zero):
+    torch.addcmul(zero, input, input, value=-0.5, out=grad_input)   # -x^2 / 2
+    grad_input.exp_()                                               # sqrt(2 pi) phi(x)
+    torch.addcmul(cdf, input, grad_input, value=_INV_SQRT_2PI, out=grad_input)  # Phi(x) + x phi(x)
+    grad_input.mul_(grad_output)
+
+
+def _gelu_tanh_kernel(output, input, scratch, minus_two_k, one):
+    # x/2 (1 + tanh u) = x sigma(2u) = x / (1 + e^{-2u}), -2u = -2k (1 + 0.044715 x^2) x, k = sqrt(2/pi)
+    torch.addcmul(minus_two_k, input, input, value=-2 * _SQRT_2_OVER_PI * _GELU_CUBIC, out=scratch)
+    scratch.mul_(input)                                         # -2u
+    scratch.exp_()
+    scratch.add_(one)                                           # 1 + e^{-2u}
+    torch.div(input, scratch, out=output)
+
+
+def _gelu_tanh_backward_kernel(grad_input, grad_output, input, one_minus_s, slope, minus_two_k, two_k, one):
+    torch.addcmul(minus_two_k, input, input, value=-2 * _SQRT_2_OVER_PI * _GELU_CUBIC, out=grad_input)
+    grad_input.mul_(input).exp_().add_(one).reciprocal_()       # s = sigma(2u)
+    torch.sub(one, grad_input, out=one_minus_s)                 # 1 - s
+    torch.addcmul(two_k, input, input, value=6 * _SQRT_2_OVER_PI * _GELU_CUBIC, out=slope)
+    slope.mul_(input)                                           # 2 u'(x) x
+    torch.addcmul(one, slope, one_minus_s, out=slope)           # 1 + 2 u' x (1 - s)
+    grad_input.mul_(slope).mul_(grad_output)                    # g s (1 + 2 u' x (1 - s))
+
+
+class GELUFunction(torch.autograd.Function):
+    """Exact form: y = x Phi(x), dy/dx = Phi(x) + x phi(x); Phi is saved for the backward.
+
+    Tanh form: y = x/2 (1 + tanh u) = x sigma(2u), u = sqrt(2/pi) (x + 0.044715 x^3),
+    dy/dx = s (1 + 2 u'(x) x (1 - s)) with s = sigma(2u), u'(x) = sqrt(2/pi) (1 + 3 * 0.044715 x^2).
     """
 
     @staticmethod
     def forward(ctx, input, approximate):
+        output = torch.empty_like(input)
         if approximate == "tanh":
-            inner = _SQRT_2_OVER_PI * (input + _GELU_CUBIC * input ** 3)
-            t = _stable_tanh(inner)
-            output = 0.5 * input * (1 + t)
-            ctx.save_for_backward(input, t)
+            _in_chunks(_gelu_tanh_kernel, (output,), (input,), scratch=1,
+                       constants=(-2 * _SQRT_2_OVER_PI, 1.0))
+            ctx.save_for_backward(input)
         else:
-            cdf = 0.5 * (1 + torch.erf(input / _SQRT_2))           # Phi(x)
-            output = input * cdf
+            cdf = torch.empty_like(input)
+            _in_chunks(_gelu_kernel, (output, cdf), (input,), constants=(_INV_SQRT_2, 0.5))
             ctx.save_for_backward(input, cdf)
         ctx.approximate = approximate
         return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, saved = ctx.saved_tensors
+        grad_input = torch.empty_like(grad_output)
         if ctx.approximate == "tanh":
-            t = saved
-            d_inner = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * input * input)
-            grad = 0.5 * (1 + t) + 0.5 * input * (1 - t * t) * d_inner
+            (input,) = ctx.saved_tensors
+            _in_chunks(_gelu_tanh_backward_kernel, (grad_input,), (grad_output, input), scratch=2,
+                       constants=(-2 * _SQRT_2_OVER_PI, 2 * _SQRT_2_OVER_PI, 1.0))
         else:
-            pdf = _INV_SQRT_2PI * torch.exp(-0.5 * input * input)  # phi(x)
-            grad = saved + input * pdf
-        return grad_output * grad, None
+            input, cdf = ctx.saved_tensors
+            _in_chunks(_gelu_backward_kernel, (grad_input,), (grad_output, input, cdf), constants=(0.0,))
+        return grad_input, None
 
 
 def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     _check_floating(input, "gelu")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return GELUFunction.apply(input, approximate)
+    return _apply(GELUFunction, input, approximate)
 
 
 class GELU(nn.Module):
@@ -256,25 +375,40 @@ class GELU(nn.Module):
         return f"approximate={self.approximate!r}"
 
 
+def _silu_kernel(output, sig, input, one):
+    torch.neg(input, out=sig)
+    sig.exp_().add_(one).reciprocal_()                          # sigma(x) = 1 / (1 + e^{-x}), saved
+    torch.mul(input, sig, out=output)                           # y = x sigma(x)
+
+
+def _silu_backward_kernel(grad_input, grad_output, sig, output, one):
+    torch.sub(one, sig, out=grad_input)                         # 1 - sigma
+    torch.addcmul(sig, grad_input, output, out=grad_input)      # sigma + y (1 - sigma) = sigma (1 + x (1 - sigma))
+    grad_input.mul_(grad_output)
+
+
 class SiLUFunction(torch.autograd.Function):
-    """y = x sigma(x); dy/dx = sigma(x) (1 + x (1 - sigma(x)))."""
+    """y = x sigma(x); dy/dx = sigma(x) (1 + x (1 - sigma(x))) = sigma + y (1 - sigma); sigma and y are saved."""
 
     @staticmethod
     def forward(ctx, input):
-        sig = _stable_sigmoid(input)
-        ctx.save_for_backward(input, sig)
-        return input * sig
+        output, sig = torch.empty_like(input), torch.empty_like(input)
+        _in_chunks(_silu_kernel, (output, sig), (input,), constants=(1.0,))
+        ctx.save_for_backward(sig, output)
+        return output
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, sig = ctx.saved_tensors
-        return grad_output * sig * (1 + input * (1 - sig))
+        sig, output = ctx.saved_tensors
+        grad_input = torch.empty_like(output)
+        _in_chunks(_silu_backward_kernel, (grad_input,), (grad_output, sig, output), constants=(1.0,))
+        return grad_input
 
 
 def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Functional SiLU (swish). ``inplace`` is accepted for torch's signature; a new tensor is returned."""
     _check_floating(input, "silu")
-    return SiLUFunction.apply(input)
+    return _apply(SiLUFunction, input)
 
 
 class SiLU(nn.Module):
