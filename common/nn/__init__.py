@@ -4,7 +4,7 @@
 from . import functional
 from .activations import ReLU, Sigmoid, Tanh, Softmax, LogSoftmax, GELU, SiLU  # stage0_components/01_activations.ipynb
 from .conv_pool import Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d  # stage0_components/02_conv_pool.ipynb
-from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm  # stage0_components/03_normalization.ipynb
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm, LayerNorm2d  # stage0_components/03_normalization.ipynb
 from .linear import Linear, Dropout, Flatten, Identity  # stage0_components/04_linear_dropout.ipynb
 from .attention import MultiheadAttention  # stage1_advanced/01_attention.ipynb
 from .rnn import LSTMCell, LSTM  # stage1_advanced/02_lstm.ipynb
