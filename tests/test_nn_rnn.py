@@ -263,3 +263,49 @@ def test_lstm_cell_errors_say_what_was_expected():
         cell(torch.randn(2, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"input_size to be an int >= 1"):
         LSTMCell(0, 5)
+
+
+# ------------------------------------------------------------------ the fused elementwise step (one autograd node)
+
+
+def test_the_fused_step_passes_gradcheck():
+    from common import checks
+    from common.nn.rnn import _lstm_update
+
+    torch.manual_seed(3)
+    for shape in ((3, 4 * 5), (2, 3, 4 * 6)):
+        gates = 2 * torch.randn(shape, dtype=torch.float64)
+        c = torch.randn(shape[:-1] + (shape[-1] // 4,), dtype=torch.float64)
+        assert checks.gradcheck(_lstm_update, gates, c, title=f"_lstm_update {shape}")
+        assert checks.gradcheck(lambda g, s: _lstm_update(g, s)[0], gates, c, title="h' only (no gradient for c')")
+
+
+def test_the_fused_step_equals_the_formulas_with_torch_activations():
+    """h' = sigma(o) tanh(c'), c' = sigma(f) c + sigma(i) tanh(g), written with torch's built-ins as the reference."""
+    from common.nn.rnn import _lstm_update
+
+    torch.manual_seed(4)
+    for dtype, tolerance in ((torch.float64, F64), (torch.float32, {})):
+        gates = (3 * torch.randn(2, 300, 4 * 128, dtype=dtype)).requires_grad_()   # above one chunk of 0.1's kernels
+        c = torch.randn(2, 300, 128, dtype=dtype).requires_grad_()
+        h_next, c_next = _lstm_update(gates, c)
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c_expected = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_expected = torch.sigmoid(o) * torch.tanh(c_expected)
+        torch.testing.assert_close(c_next, c_expected, **tolerance)
+        torch.testing.assert_close(h_next, h_expected, **tolerance)
+        upstream = (torch.randn_like(h_next), torch.randn_like(c_next))
+        ours = torch.autograd.grad((h_next, c_next), (gates, c), upstream)
+        expected = torch.autograd.grad((h_expected, c_expected), (gates, c), upstream)
+        for mine, reference in zip(ours, expected):
+            torch.testing.assert_close(mine, reference, **tolerance)
+
+
+def test_the_step_is_pure():
+    import inspect
+
+    import common.nn.rnn as module
+
+    source = inspect.getsource(module)
+    for builtin in ("torch.sigmoid(", "torch.tanh(", ".sigmoid()", ".tanh()"):
+        assert builtin not in source

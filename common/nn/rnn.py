@@ -9,6 +9,7 @@ from numbers import Real
 import torch
 from torch import nn
 
+from common.nn.activations import _in_chunks, _sigmoid_kernel, _tanh_kernel  # notebook 0.1's sigmoid and tanh
 from common.nn.linear import dropout as _dropout  # notebook 0.4
 
 
@@ -39,20 +40,46 @@ def _unpack_state(owner: str, hx, expected: tuple, dtype):
     return hx[0], hx[1]
 
 
-def _lstm_update(gates: torch.Tensor, c: torch.Tensor):
-    """The LSTM's elementwise step from the gate pre-activations.
+class _LSTMUpdate(torch.autograd.Function):
+    """The LSTM's elementwise step as one autograd node, with the backward of section 2 written out.
 
     gates (..., 4H), blocks in torch's order [i | f | g | o]; c (..., H) -> (h', c'), each (..., H).
     """
-    hidden = c.shape[-1]
-    sig = torch.sigmoid(gates)                           # (..., 4H); its g block is not used
-    i = sig[..., :hidden]                                # input gate      (..., H)
-    f = sig[..., hidden:2 * hidden]                      # forget gate     (..., H)
-    o = sig[..., 3 * hidden:]                            # output gate     (..., H)
-    g = torch.tanh(gates[..., 2 * hidden:3 * hidden])    # candidate cell  (..., H)
-    c_next = f * c + i * g                               # (..., H)
-    h_next = o * torch.tanh(c_next)                      # (..., H)
-    return h_next, c_next
+
+    @staticmethod
+    def forward(ctx, gates, c):
+        hidden = c.shape[-1]
+        activated = torch.empty_like(gates)               # (..., 4H): [sigma(a_i) | sigma(a_f) | tanh(a_g) | sigma(a_o)]
+        _in_chunks(_sigmoid_kernel, (activated,), (gates,), constants=(1.0,))   # the g block is overwritten next
+        _in_chunks(_tanh_kernel, (activated[..., 2 * hidden:3 * hidden],), (gates[..., 2 * hidden:3 * hidden],),
+                   scratch=1, constants=(2.0,))
+        i, f, g, o = activated.split(hidden, dim=-1)      # gates and candidate, each (..., H)
+        c_next = torch.mul(f, c)
+        c_next.addcmul_(i, g)                             # c' = f c + i g
+        tanh_c = torch.empty_like(c_next)
+        _in_chunks(_tanh_kernel, (tanh_c,), (c_next,), scratch=1, constants=(2.0,))
+        ctx.save_for_backward(activated, c, tanh_c)
+        return torch.mul(o, tanh_c), c_next               # h' = o tanh(c')
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c):
+        activated, c, tanh_c = ctx.saved_tensors
+        i, f, g, o = activated.split(c.shape[-1], dim=-1)
+        total = torch.mul(grad_h, o)                      # dL/dc' = grad_c + grad_h o (1 - tanh^2 c')
+        total.addcmul_(total * tanh_c, tanh_c, value=-1).add_(grad_c)
+        grad_gates = torch.sub(1, activated).mul_(activated)  # sigma' = s (1 - s) per block (g block replaced below)
+        d_i, d_f, d_g, d_o = grad_gates.split(c.shape[-1], dim=-1)
+        d_i.mul_(total).mul_(g)                           # dL/da_i = dL/dc' g sigma'(a_i)
+        d_f.mul_(total).mul_(c)                           # dL/da_f = dL/dc' c sigma'(a_f)
+        d_o.mul_(grad_h).mul_(tanh_c)                     # dL/da_o = grad_h tanh(c') sigma'(a_o)
+        torch.mul(total, i, out=d_g)                      # dL/dg = dL/dc' i, then times 1 - g^2:
+        d_g.addcmul_(d_g * g, g, value=-1)
+        return grad_gates, total.mul_(f)                  # dL/dc = dL/dc' f
+
+
+def _lstm_update(gates: torch.Tensor, c: torch.Tensor):
+    """The LSTM's elementwise step from the gate pre-activations: (h', c'), each (..., H)."""
+    return _LSTMUpdate.apply(gates, c)
 
 
 class LSTMCell(nn.Module):
@@ -145,14 +172,8 @@ def _lstm_layer(x, h, c, weight_ih, weight_hh, bias):
     return output, h, c
 
 
-class LSTM(nn.Module):
-    """A multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's arguments, names and shapes.
-
-    input (L, N, input_size), or (N, L, input_size) with batch_first, or unbatched (L, input_size);
-    hx = (h_0, c_0) each (num_layers * D, N, hidden_size) (unbatched: (num_layers * D, hidden_size)),
-    zeros when omitted; D = 2 if bidirectional else 1.
-    Returns output (L, N, D * hidden_size) (batch_first: (N, L, D * hidden_size)) and (h_n, c_n).
-    """
+class _LSTMParameters(nn.Module):
+    """The parameters of LSTM (next cell): torch.nn.LSTM's constructor arguments, names and initialisation."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -215,6 +236,16 @@ class LSTM(nn.Module):
         if self.bias:
             bias = (stacked("bias_ih") + stacked("bias_hh")).reshape(-1)  # (D * 4H,)
         return stacked("weight_ih"), stacked("weight_hh"), bias
+
+
+class LSTM(_LSTMParameters):
+    """A multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's arguments, names and shapes.
+
+    input (L, N, input_size), or (N, L, input_size) with batch_first, or unbatched (L, input_size);
+    hx = (h_0, c_0) each (num_layers * D, N, hidden_size) (unbatched: (num_layers * D, hidden_size)),
+    zeros when omitted; D = 2 if bidirectional else 1.
+    Returns output (L, N, D * hidden_size) (batch_first: (N, L, D * hidden_size)) and (h_n, c_n).
+    """
 
     def forward(self, input: torch.Tensor, hx=None):
         name, size, hidden = "LSTM", self.input_size, self.hidden_size
