@@ -82,228 +82,449 @@ def _pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int, value: f
     return padded
 
 
-def _flat_geometry(h, w, padding, kernel, stride, dilation):
-    """Sizes for computing a convolution on one flat padded buffer (derived in section 4).
+_CHUNK_BYTES = 1 << 20     # each chunk of images gets a column buffer of about this size: it stays in cache
 
-    Flatten each zero-padded (Hp, Wp) map into one row. The pixel under kernel offset (i, j) for output
-    (p, q) sits at flat position start(i, j) + p*sh*Wp + q*sw with start(i, j) = i*dh*Wp + j*dw, so the
-    input under one offset, for all outputs, is a strided view (rows step sh*Wp, columns step sw).
-    With stride 1 we compute Wide = Wp columns per output row instead of Wo: the extra "junk" columns
-    are dropped at the end, and rows and columns merge into ONE contiguous run per channel, which is what
-    a matrix multiply wants. Returns (Ho, Wo), Wp, Wide and the buffer length that holds every read."""
-    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    top, bottom, left, right = padding
+
+def _conv_sizes(h: int, w: int, kernel, stride, padding, dilation):
+    """Padded size (Hp, Wp) and output size (Ho, Wo); `padding` is (top, bottom, left, right)."""
+    (kh, kw), (sh, sw), (dh, dw), (top, bottom, left, right) = kernel, stride, dilation, padding
     hp, wp = h + top + bottom, w + left + right
-    ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
-    wide = wp if (sh, sw) == (1, 1) else wo
-    length = max(hp * wp, dh * (kh - 1) * wp + dw * (kw - 1) + (ho - 1) * sh * wp + (wide - 1) * sw + 1)
-    return (ho, wo), wp, wide, length
+    return (hp, wp), ((hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1)
 
 
-def _flat_padded(x: torch.Tensor, padding, length: int) -> torch.Tensor:
-    """(N, C, H, W) -> the zero-padded maps, flattened: (N, C, length) (zeros past Hp*Wp too)."""
+def _images_per_chunk(n: int, bytes_per_image: int) -> int:
+    return max(1, min(n, _CHUNK_BYTES // max(1, bytes_per_image)))
+
+
+def _taps(padded: torch.Tensor, i: int, j: int, stride, dilation, out_size) -> torch.Tensor:
+    """The input under kernel tap (i, j) for every output position: a strided view of the last two
+    axes of `padded` (..., Hp, Wp) -> (..., Ho, Wo), element [p, q] = padded[p*sh + i*dh, q*sw + j*dw]."""
+    (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_size
+    return padded[..., i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+
+
+def _im2col_columns(buf: torch.Tensor, kernel, stride, dilation, out_size, groups: int) -> torch.Tensor:
+    """Padded chunk (C, B, Hp, Wp) -> columns (g, C/g * kh * kw, B * Ho * Wo): one copy of every window.
+    Row (c, i, j) of group g holds the input under tap (i, j) of channel c for every image and position."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_size
+    s_c, s_b, s_h, s_w = buf.stride()
+    c, b = buf.shape[:2]
+    view = buf.as_strided((c, kh, kw, b, ho, wo), (s_c, dh * s_h, dw * s_w, s_b, sh * s_h, sw * s_w))
+    return view.reshape(groups, c // groups * kh * kw, b * ho * wo)
+
+
+def _im2col_forward(x, weight, bias, stride, padding, dilation, groups):
+    """Y = W @ columns, per chunk of images: (g, O/g, K) @ (g, K, B*Ho*Wo), K = C/g * kh * kw."""
     n, c, h, w = x.shape
-    top, bottom, left, right = padding
-    hp, wp = h + top + bottom, w + left + right
-    flat = x.new_zeros(n, c, length)
-    flat[:, :, :hp * wp].view(n, c, hp, wp)[:, :, top:top + h, left:left + w] = x
-    return flat
+    out_channels, _, kh, kw = weight.shape
+    top, _, left, _ = padding
+    (hp, wp), (ho, wo) = _conv_sizes(h, w, (kh, kw), stride, padding, dilation)
+    chunk = _images_per_chunk(n, c * kh * kw * ho * wo * x.element_size())
+    buf = x.new_zeros(c, chunk, hp, wp)                                 # the zero border is written once
+    w_mat = weight.reshape(groups, out_channels // groups, -1)           # (g, O/g, K)
+    out = x.new_empty(n, out_channels, ho, wo)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        part = buf[:, :stop - start]                                    # (C, B, Hp, Wp)
+        part[:, :, top:top + h, left:left + w] = x[start:stop].transpose(0, 1)
+        cols = _im2col_columns(part, (kh, kw), stride, dilation, (ho, wo), groups)
+        y = torch.bmm(w_mat, cols).view(out_channels, stop - start, ho, wo).transpose(0, 1)   # (B, O, Ho, Wo)
+        if bias is None:
+            out[start:stop] = y
+        else:                                                           # one pass: transpose and add the bias
+            torch.add(y, bias.view(1, -1, 1, 1), out=out[start:stop])
+    return out
 
 
-def _shifted(flat: torch.Tensor, groups: int, start: int, steps, rows: int, wide: int) -> torch.Tensor:
-    """The input under one kernel offset, for every output position: a view, no copy.
-    flat (N, C, length) -> (N*g, C/g, Ho, Wide) with [b, c, p, q] = flat[b, c, start + p*steps[0] + q*steps[1]]."""
-    n, c, length = flat.shape
-    return flat.as_strided((n * groups, c // groups, rows, wide), (c // groups * length, length, *steps), start)
-
-
-def _im2col(flat: torch.Tensor, kernel, dilation, wp: int, steps, rows: int, wide: int) -> torch.Tensor:
-    """flat (N, C, length) -> columns (N, C*kh*kw, Ho*Wide), one copy of every window."""
-    n, c, length = flat.shape
-    (kh, kw), (dh, dw) = kernel, dilation
-    view = flat.as_strided((n, c, kh, kw, rows, wide), (c * length, length, dh * wp, dw, *steps))
-    return view.reshape(n, c * kh * kw, rows * wide)
-
-
-def _col2im(cols: torch.Tensor, c: int, length: int, starts, steps, rows: int, wide: int) -> torch.Tensor:
-    """The adjoint of _im2col: (N, C*kh*kw, Ho*Wide) -> (N, C, length), every entry added back where it was read."""
-    n = cols.shape[0]
-    cols = cols.view(n, c, len(starts), rows, wide)
-    flat = cols.new_zeros(n, c, length)
-    for k, start in enumerate(starts):
-        flat.as_strided((n, c, rows, wide), (c * length, length, *steps), start).add_(cols[:, :, k])
-    return flat
-
-
-def _rows_padded(x: torch.Tensor, padding, extra: int) -> torch.Tensor:
-    """(N, C, H, W) -> the zero-padded images with channels last, as a matrix of pixel rows:
-    (N*Hp*Wp + extra, C), row n*Hp*Wp + r*Wp + q holding pixel (r, q) of padded image n (zero rows at the end)."""
+def _im2col_backward(grad_out, x, weight, stride, padding, dilation, groups, needs):
+    """dL/dW = G @ columns^T (summed over chunks); dL/dx = col2im(W^T @ G): each column entry added back
+    at the input pixel it was copied from (the adjoint of the copy)."""
     n, c, h, w = x.shape
-    top, bottom, left, right = padding
-    hp, wp = h + top + bottom, w + left + right
-    rows = x.new_zeros(n * hp * wp + extra, c)
-    rows[:n * hp * wp].view(n, hp, wp, c)[:, top:top + h, left:left + w] = x.permute(0, 2, 3, 1)
-    return rows
+    out_channels, _, kh, kw = weight.shape
+    top, _, left, _ = padding
+    (hp, wp), (ho, wo) = _conv_sizes(h, w, (kh, kw), stride, padding, dilation)
+    chunk = _images_per_chunk(n, c * kh * kw * ho * wo * x.element_size())
+    w_mat = weight.reshape(groups, out_channels // groups, -1)           # (g, O/g, K)
+    buf = x.new_zeros(c, chunk, hp, wp)
+    grad_buf = x.new_empty(c, chunk, hp, wp)
+    grad_w = weight.new_zeros(w_mat.shape) if needs[1] else None
+    grad_x = x.new_empty(n, c, h, w) if needs[0] else None
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        g = grad_out[start:stop].transpose(0, 1).reshape(groups, out_channels // groups, b * ho * wo)  # (g, O/g, T)
+        if grad_w is not None:
+            part = buf[:, :b]
+            part[:, :, top:top + h, left:left + w] = x[start:stop].transpose(0, 1)
+            cols = _im2col_columns(part, (kh, kw), stride, dilation, (ho, wo), groups)
+            grad_w.baddbmm_(g, cols.transpose(1, 2))
+        if grad_x is not None:
+            grad_cols = torch.bmm(w_mat.transpose(1, 2), g).view(c, kh, kw, b, ho, wo)
+            part = grad_buf[:, :b].zero_()
+            for i in range(kh):
+                for j in range(kw):
+                    _taps(part, i, j, stride, dilation, (ho, wo)).add_(grad_cols[:, i, j])
+            grad_x[start:stop] = part[:, :, top:top + h, left:left + w].transpose(0, 1)
+    return grad_x, (grad_w.view_as(weight) if grad_w is not None else None)
 
 
-def _use_rows(c_per_group: int, groups: int, kernel, stride) -> bool:
-    """The third formulation (section 4): pixels as rows, one big matrix product per kernel offset for the
-    whole batch. Chosen for ungrouped stride-1 convolutions with a spatial kernel and a few channels or more."""
-    return groups == 1 and stride == (1, 1) and kernel != (1, 1) and c_per_group >= 8
-
-
-def _use_im2col(c_per_group: int, stride) -> bool:
-    """Among the rest (section 4, measured in section 6): one matmul on copied columns when the per-offset
-    products would be thin (few channels per group) or their inputs not contiguous (stride > 1)."""
-    return c_per_group < 16 or stride != (1, 1)
+_PATHS = {"im2col": (_im2col_forward, _im2col_backward)}   # name -> (forward, backward); section 4 adds more
 
 
 class Conv2dFunction(torch.autograd.Function):
-    """2-D cross-correlation with a hand-written backward. Per image and group, with X_ij the input
-    shifted by kernel offset (i, j) and W_ij = w[:, :, i, j] (O/g, C/g):
+    """2-D cross-correlation with a hand-written backward. x (N, C, H, W), weight (O, C/g, kh, kw),
+    padding (top, bottom, left, right) zeros. `path` names the formulation in `_PATHS` that computes it;
+    None lets `_choose_path` pick the fastest for the shapes (section 4.7). Every path computes
 
-    forward:  Y = b + sum_ij W_ij @ X_ij                      (= W @ im2col(X))
-    backward: dL/dW_ij = sum over images of dL/dY @ X_ij^T    (= dL/dY @ im2col(X)^T)
-              dL/dX = sum_ij unshift_ij(W_ij^T @ dL/dY)       (= col2im(W^T @ dL/dY))
-              dL/db = dL/dY summed over images and positions
-    `padding` is (top, bottom, left, right) zeros. Four code paths compute these sums (section 4): pixels as
-    rows (ungrouped, stride 1), per-offset products per image, im2col, and for depthwise convolutions (one
-    input channel per group) a weighted sum of shifted copies.
+    forward:  Y = b + W @ im2col(X)            backward: dL/dW = G @ im2col(X)^T,
+              dL/dX = col2im(W^T @ G),         dL/db = G summed over images and positions.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        n, c, h, w = x.shape                                              # (N, C, H, W)
-        out_channels, c_per_group, kh, kw = weight.shape                  # (O, C/g, kh, kw)
-        (ho, wo), wp, wide, length = _flat_geometry(h, w, padding, (kh, kw), stride, dilation)
-        steps = (stride[0] * wp, stride[1])
-        starts = [i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)]
-        og = out_channels // groups
-        if _use_rows(c_per_group, groups, (kh, kw), stride):             # pixels as rows, batch as one matrix
-            hp = h + padding[0] + padding[1]
-            m = n * hp * wp                                               # every position of every padded image
-            rows = _rows_padded(x, padding, starts[-1])                   # (M + extra, C)
-            w_k = weight.permute(2, 3, 1, 0).reshape(kh * kw, c, out_channels)     # (kh*kw, C, O)
-            out = torch.mm(rows[:m], w_k[0])                               # offset (0, 0) starts at row 0
-            for k in range(1, kh * kw):
-                out.addmm_(rows[starts[k]:starts[k] + m], w_k[k])          # (M, C) @ (C, O), read in place
-            out = out.view(n, hp, wp, out_channels)[:, :ho, :wo].permute(0, 3, 1, 2)   # drop the junk, NCHW
-            result = torch.empty(n, out_channels, ho, wo, dtype=out.dtype, device=out.device)
-            if bias is not None:                                          # one pass: transpose and add the bias
-                torch.add(out, bias.view(1, -1, 1, 1), out=result)
-            else:
-                result.copy_(out)
-            ctx.save_for_backward(x, weight)
-            ctx.geometry = (stride, dilation, padding, groups, bias is not None)
-            return result                                                 # (N, O, Ho, Wo), contiguous
-        flat = _flat_padded(x, padding, length)                           # (N, C, length)
-        if c_per_group == 1 and groups > 1:                               # depthwise: weighted sum of shifts
-            out = x.new_zeros(n, c, og, ho, wide)                         # (N, C, mult, Ho, Wide)
-            w_k = weight.view(c, og, kh * kw, 1, 1)
-            for k, start in enumerate(starts):
-                shifted = _shifted(flat, 1, start, steps, ho, wide).view(n, c, 1, ho, wide)
-                out.addcmul_(shifted, w_k[:, :, k])
-        elif _use_im2col(c_per_group, stride):                            # one matmul on copied columns
-            cols = _im2col(flat, (kh, kw), dilation, wp, steps, ho, wide)           # (N, C*kh*kw, T)
-            cols = cols.view(n, groups, c_per_group * kh * kw, ho * wide)           # (N, g, K, T)
-            out = torch.matmul(weight.reshape(groups, og, -1), cols)               # (N, g, O/g, T)
-        else:                                                             # stride 1: a batched matmul per offset
-            out = x.new_zeros(n * groups, og, ho * wide)                  # (N*g, O/g, T)
-            w_k = weight.view(groups, og, c_per_group, kh * kw)
-            for k, start in enumerate(starts):
-                w_batch = w_k[None, :, :, :, k].expand(n, groups, og, c_per_group)
-                shifted = _shifted(flat, groups, start, steps, ho, wide).flatten(2)  # a view: rows are contiguous
-                out.baddbmm_(w_batch.reshape(n * groups, og, c_per_group), shifted)
-        out = out.reshape(n, out_channels, ho, wide)[:, :, :, :wo]       # drop the junk columns
-        out = out + bias.view(1, -1, 1, 1) if bias is not None else out.contiguous()
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, path=None):
+        if path is None:
+            path = _choose_path(x.shape[1] // groups, groups, tuple(weight.shape[-2:]), stride)
         ctx.save_for_backward(x, weight)
-        ctx.geometry = (stride, dilation, padding, groups, bias is not None)
-        return out                                                        # (N, O, Ho, Wo)
+        ctx.geometry = (stride, padding, dilation, groups, path, bias is not None)
+        return _PATHS[path][0](x, weight, bias, stride, padding, dilation, groups)    # (N, O, Ho, Wo)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        stride, dilation, padding, groups, has_bias = ctx.geometry
-        n, c, h, w = x.shape
-        out_channels, c_per_group, kh, kw = weight.shape
-        (ho, wo), wp, wide, length = _flat_geometry(h, w, padding, (kh, kw), stride, dilation)
-        steps = (stride[0] * wp, stride[1])
-        starts = [i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)]
-        og = out_channels // groups
-        grad_x = grad_w = grad_b = None
-        if has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))                                # (O,)
-        if _use_rows(c_per_group, groups, (kh, kw), stride):
-            top, bottom, left, right = padding
-            hp = h + top + bottom
-            m = n * hp * wp
-            g = grad_out.new_zeros(m, out_channels)                         # (M, O), zero at the junk positions
-            g.view(n, hp, wp, out_channels)[:, :ho, :wo] = grad_out.permute(0, 2, 3, 1)
-            if ctx.needs_input_grad[1]:                                     # dL/dW_ij = g^T @ X_ij: (O, M) @ (M, C)
-                rows = _rows_padded(x, padding, starts[-1])
-                grad_w = weight.new_empty(kh * kw, out_channels, c)
-                for k, start in enumerate(starts):
-                    torch.mm(g.t(), rows[start:start + m], out=grad_w[k])
-                grad_w = grad_w.view(kh, kw, out_channels, c).permute(2, 3, 0, 1).contiguous()
-            if ctx.needs_input_grad[0]:                                     # dL/dX_ij = g @ W_ij, added back shifted
-                grad_rows = grad_out.new_zeros(m + starts[-1], c)
-                w_k = weight.permute(2, 3, 0, 1).reshape(kh * kw, out_channels, c)     # (kh*kw, O, C)
-                for k, start in enumerate(starts):
-                    grad_rows[start:start + m].addmm_(g, w_k[k])
-                grad_x = grad_rows[:m].view(n, hp, wp, c)[:, top:top + h, left:left + w].permute(0, 3, 1, 2)
-                grad_x = grad_x.contiguous()
-            return grad_x, grad_w, grad_b, None, None, None, None
-        if wide == wo:
-            g = grad_out.contiguous()
-        else:
-            g = grad_out.new_zeros(n, out_channels, ho, wide)               # zeros in the junk columns
-            g[:, :, :, :wo] = grad_out
-        flat = _flat_padded(x, padding, length) if ctx.needs_input_grad[1] else None
-        flat_grad = None
-        if c_per_group == 1 and groups > 1:                                 # depthwise
-            g = g.view(n, c, og, ho, wide)
-            w_k = weight.view(c, og, kh * kw, 1, 1)
-            grads_w = []
-            if ctx.needs_input_grad[0]:
-                flat_grad = x.new_zeros(n, c, length)
-            for k, start in enumerate(starts):
-                if flat is not None:                                        # sum over images and positions
-                    shifted = _shifted(flat, 1, start, steps, ho, wide).view(n, c, 1, ho, wide)
-                    grads_w.append((g * shifted).sum((0, 3, 4)))            # (C, mult)
-                if flat_grad is not None:
-                    _shifted(flat_grad, 1, start, steps, ho, wide).add_((g * w_k[:, :, k]).sum(2))
-            if grads_w:
-                grad_w = torch.stack(grads_w, dim=-1).view_as(weight)
-        elif _use_im2col(c_per_group, stride):
-            g = g.view(n, groups, og, ho * wide)                            # (N, g, O/g, T)
-            if flat is not None:                                            # (N, g, O/g, T) @ (N, g, T, K), summed
-                cols = _im2col(flat, (kh, kw), dilation, wp, steps, ho, wide)
-                cols = cols.view(n, groups, c_per_group * kh * kw, ho * wide)
-                grad_w = torch.matmul(g, cols.transpose(-1, -2)).sum(0).view_as(weight)
-            if ctx.needs_input_grad[0]:
-                cols_grad = torch.matmul(weight.reshape(groups, og, -1).transpose(-1, -2), g)   # (N, g, K, T)
-                flat_grad = _col2im(cols_grad.view(n, -1, ho * wide), c, length, starts, steps, ho, wide)
-        else:
-            g = g.view(n * groups, og, ho * wide)                           # (N*g, O/g, T)
-            w_k = weight.view(groups, og, c_per_group, kh * kw)
-            grads_w = []
-            if ctx.needs_input_grad[0]:
-                flat_grad = x.new_zeros(n, c, length)
-            for k, start in enumerate(starts):
-                if flat is not None:                                        # (N*g, O/g, T) @ (N*g, T, C/g)
-                    shifted = _shifted(flat, groups, start, steps, ho, wide).flatten(2)
-                    grads_w.append(torch.bmm(g, shifted.transpose(1, 2)).view(n, out_channels, c_per_group).sum(0))
-                if flat_grad is not None:                                   # W_ij^T @ dL/dY, added back shifted
-                    w_batch = w_k[None, :, :, :, k].transpose(-1, -2).expand(n, groups, c_per_group, og)
-                    target = _shifted(flat_grad, groups, start, steps, ho, wide).flatten(2)
-                    target.baddbmm_(w_batch.reshape(n * groups, c_per_group, og), g)
-            if grads_w:
-                grad_w = torch.stack(grads_w, dim=-1).view_as(weight)
+        stride, padding, dilation, groups, path, has_bias = ctx.geometry
+        grad_x, grad_w = _PATHS[path][1](grad_out, x, weight, stride, padding, dilation, groups,
+                                         ctx.needs_input_grad[:2])
+        grad_b = grad_out.sum((0, 2, 3)) if has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+def _rows_columns(buf: torch.Tensor, kernel, stride, dilation, out_size) -> torch.Tensor:
+    """Channels-last padded chunk (B, Hp, Wp, C) -> pixel rows (B*Ho*Wo, kh*kw*C): one row per output pixel
+    holding its whole window; each tap's C channels are adjacent in memory, so the copy moves blocks."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_size
+    s_b, s_h, s_w, _ = buf.stride()
+    b, c = buf.shape[0], buf.shape[3]
+    view = buf.as_strided((b, ho, wo, kh, kw, c), (s_b, sh * s_h, sw * s_w, dh * s_h, dw * s_w, 1))
+    return view.reshape(b * ho * wo, kh * kw * c)
+
+
+def _rows_forward(x, weight, bias, stride, padding, dilation, groups):
+    """Pixels as rows (groups = 1): Y_rows = rows @ W_rows, (B*Ho*Wo, kh*kw*C) @ (kh*kw*C, O), per chunk."""
+    n, c, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    top, _, left, _ = padding
+    (hp, wp), (ho, wo) = _conv_sizes(h, w, (kh, kw), stride, padding, dilation)
+    chunk = _images_per_chunk(n, c * kh * kw * ho * wo * x.element_size())
+    buf = x.new_zeros(chunk, hp, wp, c)                                 # channels last, zero border
+    w_rows = weight.permute(2, 3, 1, 0).reshape(kh * kw * c, out_channels)    # row (i, j, c)
+    out = x.new_empty(n, out_channels, ho, wo)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        part = buf[:stop - start]
+        part[:, top:top + h, left:left + w] = x[start:stop].permute(0, 2, 3, 1)
+        y = torch.mm(_rows_columns(part, (kh, kw), stride, dilation, (ho, wo)), w_rows)  # (B*Ho*Wo, O)
+        y = y.view(stop - start, ho, wo, out_channels).permute(0, 3, 1, 2)
+        if bias is None:
+            out[start:stop] = y
+        else:                                                           # one pass: transpose and add the bias
+            torch.add(y, bias.view(1, -1, 1, 1), out=out[start:stop])
+    return out
+
+
+def _rows_backward(grad_out, x, weight, stride, padding, dilation, groups, needs):
+    """dL/dW_rows = rows^T @ G_rows. dL/dx: with stride 1 the full correlation of G with the flipped kernel
+    (section 3), computed by the same rows product on G; otherwise col2im of G_rows @ W_rows^T."""
+    n, c, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    (sh, sw), (dh, dw), (top, bottom, left, right) = stride, dilation, padding
+    (hp, wp), (ho, wo) = _conv_sizes(h, w, (kh, kw), stride, padding, dilation)
+    full = (dh * (kh - 1) - top, dh * (kh - 1) - bottom, dw * (kw - 1) - left, dw * (kw - 1) - right)
+    flipped = (sh, sw) == (1, 1) and min(full) >= 0                     # the correlation needs no cropping
+    chunk = _images_per_chunk(n, max(c, out_channels) * kh * kw * max(h * w, ho * wo) * x.element_size())
+    buf = x.new_zeros(chunk, hp, wp, c)
+    grad_w = weight.new_zeros(out_channels, kh * kw * c) if needs[1] else None
+    grad_x = x.new_empty(n, c, h, w) if needs[0] else None
+    if flipped:                                                         # G padded by d(k-1) - P, channels last
+        grad_buf = x.new_zeros(chunk, ho + full[0] + full[1], wo + full[2] + full[3], out_channels)
+        w_flip = weight.flip(2, 3).permute(2, 3, 0, 1).reshape(kh * kw * out_channels, c)
+    else:
+        grad_buf = x.new_empty(chunk, hp, wp, c)
+        w_rows_t = weight.permute(0, 2, 3, 1).reshape(out_channels, kh * kw * c)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        g = grad_out[start:stop].permute(0, 2, 3, 1)                     # (B, Ho, Wo, O)
+        if grad_w is not None:
+            part = buf[:b]
+            part[:, top:top + h, left:left + w] = x[start:stop].permute(0, 2, 3, 1)
+            rows = _rows_columns(part, (kh, kw), stride, dilation, (ho, wo))
+            grad_w.addmm_(g.reshape(b * ho * wo, out_channels).t(), rows)
+        if grad_x is None:
+            continue
+        if flipped:
+            part = grad_buf[:b]
+            part[:, full[0]:full[0] + ho, full[2]:full[2] + wo] = g
+            grad_rows = torch.mm(_rows_columns(part, (kh, kw), (1, 1), dilation, (h, w)), w_flip)  # (B*H*W, C)
+            grad_x[start:stop] = grad_rows.view(b, h, w, c).permute(0, 3, 1, 2)
+            continue
+        grad_rows = torch.mm(g.reshape(b * ho * wo, out_channels), w_rows_t).view(b, ho, wo, kh, kw, c)
+        part = grad_buf[:b].zero_().permute(0, 3, 1, 2)                 # (B, C, Hp, Wp) view
+        for i in range(kh):
+            for j in range(kw):
+                _taps(part, i, j, stride, dilation, (ho, wo)).add_(grad_rows[:, :, :, i, j].permute(0, 3, 1, 2))
+        grad_x[start:stop] = part[:, :, top:top + h, left:left + w]
+    if grad_w is not None:
+        grad_w = grad_w.view(out_channels, kh, kw, c).permute(0, 3, 1, 2).contiguous()
+    return grad_x, grad_w
+
+
+_PATHS["rows"] = (_rows_forward, _rows_backward)
+
+
+def _flat_layout(h, w, kernel, stride, padding, dilation):
+    """Each zero-padded map flattened into one row of `length` numbers. The pixel under tap (i, j) for
+    output (p, q) sits at start(i, j) + p*sh*Wp + q, start(i, j) = i*dh*Wp + j*dw (stride (sh, 1)); computing
+    `Wp` columns per output row instead of Wo makes the input under one tap ONE contiguous run per channel
+    (the extra "junk" columns are dropped at the end). Needs sw = 1. Returns (Ho, Wo), Wp, the starts, `length`."""
+    (kh, kw), (dh, dw) = kernel, dilation
+    (hp, wp), (ho, wo) = _conv_sizes(h, w, kernel, stride, padding, dilation)
+    starts = [i * dh * wp + j * dw for i in range(kh) for j in range(kw)]
+    return (ho, wo), wp, starts, max(hp * wp, starts[-1] + ho * stride[0] * wp)
+
+
+def _flat_padded(x: torch.Tensor, padding, wp: int, length: int) -> torch.Tensor:
+    """(N, C, H, W) -> the zero-padded maps, flattened: (N, C, length) (zeros past Hp*Wp too)."""
+    n, c, h, w = x.shape
+    top, _, left, _ = padding
+    flat = x.new_zeros(n, c, length)
+    flat[:, :, :(length // wp) * wp].view(n, c, length // wp, wp)[:, :, top:top + h, left:left + w] = x
+    return flat
+
+
+def _shifted(flat: torch.Tensor, groups: int, start: int, row_step: int, rows: int) -> torch.Tensor:
+    """The input under one tap for every output position, a view: (N*g, C/g, rows*Wp), contiguous rows."""
+    n, c, length = flat.shape
+    return flat.as_strided((n * groups, c // groups, rows * row_step), (c // groups * length, length, 1), start)
+
+
+def _offsets_forward(x, weight, bias, stride, padding, dilation, groups):
+    """Per-offset products (section 3), stride (sh, 1): Y = sum_ij W_ij @ X_ij per image and group, every
+    X_ij read in place from the flat buffer (a batched matmul per tap)."""
+    n, c, h, w = x.shape
+    out_channels, c_per_group, kh, kw = weight.shape
+    (ho, wo), wp, starts, length = _flat_layout(h, w, (kh, kw), stride, padding, dilation)
+    flat, og = _flat_padded(x, padding, wp, length), out_channels // groups
+    out = x.new_zeros(n * groups, og, ho * stride[0] * wp)               # (N*g, O/g, Ho*sh*Wp)
+    w_k = weight.view(groups, og, c_per_group, kh * kw)
+    for k, start in enumerate(starts):
+        w_batch = w_k[None, :, :, :, k].expand(n, groups, og, c_per_group).reshape(n * groups, og, c_per_group)
+        out.baddbmm_(w_batch, _shifted(flat, groups, start, stride[0] * wp, ho))
+    out = out.view(n, out_channels, ho, stride[0] * wp)[:, :, :, :wo]   # drop the junk columns
+    return out + bias.view(1, -1, 1, 1) if bias is not None else out.contiguous()
+
+
+def _offsets_backward(grad_out, x, weight, stride, padding, dilation, groups, needs):
+    """dL/dW_ij = sum over images of G @ X_ij^T;  dL/dX_ij += W_ij^T @ G, added back in place."""
+    n, c, h, w = x.shape
+    out_channels, c_per_group, kh, kw = weight.shape
+    (ho, wo), wp, starts, length = _flat_layout(h, w, (kh, kw), stride, padding, dilation)
+    og, row_step = out_channels // groups, stride[0] * wp
+    g = grad_out.new_zeros(n, out_channels, ho, row_step)               # zeros in the junk columns
+    g[:, :, :, :wo] = grad_out
+    g = g.view(n * groups, og, ho * row_step)
+    flat = _flat_padded(x, padding, wp, length) if needs[1] else None
+    flat_grad = x.new_zeros(n, c, length) if needs[0] else None
+    w_k = weight.view(groups, og, c_per_group, kh * kw)
+    grads_w = []
+    for k, start in enumerate(starts):
+        if flat is not None:                                            # (N*g, O/g, T) @ (N*g, T, C/g)
+            x_k = _shifted(flat, groups, start, row_step, ho)
+            grads_w.append(torch.bmm(g, x_k.transpose(1, 2)).view(n, out_channels, c_per_group).sum(0))
         if flat_grad is not None:
-            top, bottom, left, right = padding
-            hp = h + top + bottom
-            grad_x = flat_grad[:, :, :hp * wp].view(n, c, hp, wp)[:, :, top:top + h, left:left + w]
-        return grad_x, grad_w, grad_b, None, None, None, None
+            w_t = w_k[None, :, :, :, k].transpose(-1, -2).expand(n, groups, c_per_group, og)
+            _shifted(flat_grad, groups, start, row_step, ho).baddbmm_(w_t.reshape(n * groups, c_per_group, og), g)
+    grad_w = torch.stack(grads_w, dim=-1).view_as(weight) if grads_w else None
+    grad_x = None
+    if flat_grad is not None:
+        top, _, left, _ = padding
+        rows = length // wp
+        grad_x = flat_grad[:, :, :rows * wp].view(n, c, rows, wp)[:, :, top:top + h, left:left + w]
+    return grad_x, grad_w
+
+
+_PATHS["offsets"] = (_offsets_forward, _offsets_backward)
+
+
+def _tap_rows(buf: torch.Tensor, i: int, j: int, stride, dilation, out_size) -> torch.Tensor:
+    """Channels-last (B, Hp, Wp, ...) -> the pixels under tap (i, j) for every output position (B, Ho, Wo, ...)."""
+    (sh, sw), (dh, dw), (ho, wo) = stride, dilation, out_size
+    return buf[:, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+
+
+def _depthwise_forward(x, weight, bias, stride, padding, dilation, groups):
+    """One input channel per group, m = O/C filters each: Y[.., r, c] = sum_ij w[c*m + r, i, j] * X_ij[.., c],
+    a sum of kh*kw shifted copies times per-channel weights, channels last (B, Ho, Wo, m, C) so that the
+    innermost axis is long and contiguous, one chunk of images at a time so that the sum stays in cache."""
+    n, c, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    mult, (top, _, left, _) = out_channels // c, padding
+    (hp, wp), (ho, wo) = _conv_sizes(h, w, (kh, kw), stride, padding, dilation)
+    chunk = _images_per_chunk(n, hp * wp * out_channels * x.element_size())
+    buf = x.new_zeros(chunk, hp, wp, 1, c)                              # channels last, zero border
+    w_taps = weight.view(c, mult, kh, kw).permute(2, 3, 1, 0).contiguous()    # (kh, kw, m, C)
+    acc = x.new_empty(chunk, ho, wo, mult, c)
+    out = x.new_empty(n, c, mult, ho, wo)                               # output channel c*m + r
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        part, total = buf[:stop - start], acc[:stop - start]
+        part[:, top:top + h, left:left + w, 0] = x[start:stop].permute(0, 2, 3, 1)
+        torch.mul(_tap_rows(part, 0, 0, stride, dilation, (ho, wo)), w_taps[0, 0], out=total)
+        for k in range(1, kh * kw):
+            total.addcmul_(_tap_rows(part, k // kw, k % kw, stride, dilation, (ho, wo)), w_taps[k // kw, k % kw])
+        out[start:stop] = total.permute(0, 4, 3, 1, 2)
+    out = out.view(n, out_channels, ho, wo)
+    return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+
+
+def _depthwise_backward(grad_out, x, weight, stride, padding, dilation, groups, needs):
+    """dL/dw[c*m + r, i, j] = sum over images and positions of G[.., r, c] * X_ij[.., c];
+    dL/dX_ij[.., c] = sum_r G[.., r, c] * w[c*m + r, i, j], added back into the shifted window."""
+    n, c, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    mult, (top, _, left, _) = out_channels // c, padding
+    (hp, wp), (ho, wo) = _conv_sizes(h, w, (kh, kw), stride, padding, dilation)
+    chunk = _images_per_chunk(n, hp * wp * out_channels * x.element_size())
+    w_taps = weight.view(c, mult, kh, kw).permute(2, 3, 1, 0).contiguous()    # (kh, kw, m, C)
+    buf, grad_buf = x.new_zeros(chunk, hp, wp, 1, c), x.new_empty(chunk, hp, wp, c)
+    g_buf, product = x.new_empty(chunk, ho, wo, mult, c), x.new_empty(chunk, ho, wo, mult, c)
+    grad_w = weight.new_zeros(kh, kw, mult, c) if needs[1] else None
+    grad_x = x.new_empty(n, c, h, w) if needs[0] else None
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        g = g_buf[:b]
+        g.copy_(grad_out[start:stop].reshape(b, c, mult, ho, wo).permute(0, 3, 4, 2, 1))   # (B, Ho, Wo, m, C)
+        if grad_w is not None:
+            part = buf[:b]
+            part[:, top:top + h, left:left + w, 0] = x[start:stop].permute(0, 2, 3, 1)
+        if grad_x is not None:
+            grad_part = grad_buf[:b].zero_()
+        for i in range(kh):
+            for j in range(kw):
+                if grad_w is not None:
+                    torch.mul(g, _tap_rows(part, i, j, stride, dilation, (ho, wo)), out=product[:b])
+                    grad_w[i, j] += product[:b].sum((0, 1, 2))
+                if grad_x is not None:
+                    target = _tap_rows(grad_part, i, j, stride, dilation, (ho, wo))      # (B, Ho, Wo, C)
+                    for r in range(mult):
+                        target.addcmul_(g[:, :, :, r], w_taps[i, j, r])
+        if grad_x is not None:
+            grad_x[start:stop] = grad_part[:, top:top + h, left:left + w].permute(0, 3, 1, 2)
+    if grad_w is not None:
+        grad_w = grad_w.permute(3, 2, 0, 1).reshape(out_channels, 1, kh, kw)
+    return grad_x, grad_w
+
+
+_PATHS["depthwise"] = (_depthwise_forward, _depthwise_backward)
+
+
+def _flat_taps(flat: torch.Tensor, start: int, row_step: int, rows: int, wp: int) -> torch.Tensor:
+    """Flat padded chunk (B, C, length) -> the input under one tap, (B, C, 1, Ho, Wp) with junk columns, a view."""
+    b, c, length = flat.shape
+    s_b, s_c, _ = flat.stride()
+    return flat.as_strided((b, c, 1, rows, wp), (s_b, s_c, 0, row_step, 1), start)
+
+
+def _depthwise_flat_forward(x, weight, bias, stride, padding, dilation, groups):
+    """Column stride 1: the same shifted sums on the flat padded maps of 4.4, channels first (B, C, m, Ho, Wp),
+    so that no transpose is needed on the way in or out; the junk columns are dropped at the end."""
+    n, c, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    mult, (top, _, left, _) = out_channels // c, padding
+    (ho, wo), wp, starts, length = _flat_layout(h, w, (kh, kw), stride, padding, dilation)
+    chunk = _images_per_chunk(n, length * out_channels * x.element_size())
+    flat = x.new_zeros(chunk, c, length)                                # zero border, written once
+    inner = flat[:, :, :(length // wp) * wp].view(chunk, c, length // wp, wp)[:, :, top:top + h, left:left + w]
+    w_taps = weight.view(c, mult, kh * kw, 1, 1)
+    acc = x.new_empty(chunk, c, mult, ho, wp)
+    out = x.new_empty(n, out_channels, ho, wo)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        inner[:b] = x[start:stop]
+        total = acc[:b]
+        for k, tap_start in enumerate(starts):
+            taps = _flat_taps(flat[:b], tap_start, stride[0] * wp, ho, wp)
+            if k == 0:
+                torch.mul(taps, w_taps[:, :, 0], out=total)
+            else:
+                total.addcmul_(taps, w_taps[:, :, k])
+        out[start:stop] = total.view(b, out_channels, ho, wp)[..., :wo]
+    return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+
+
+def _depthwise_flat_backward(grad_out, x, weight, stride, padding, dilation, groups, needs):
+    """The backward of 4.5's sums on the flat layout; the output gradient is zero in the junk columns."""
+    n, c, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    mult, (top, _, left, _) = out_channels // c, padding
+    (ho, wo), wp, starts, length = _flat_layout(h, w, (kh, kw), stride, padding, dilation)
+    chunk = _images_per_chunk(n, length * out_channels * x.element_size())
+    rows = length // wp
+    flat, grad_flat = x.new_zeros(chunk, c, length), x.new_empty(chunk, c, length)
+    g_buf = x.new_zeros(chunk, c, mult, ho, wp)                          # zero in the junk columns
+    product = x.new_empty(chunk, c, mult, ho, wp)
+    w_taps = weight.view(c, mult, kh * kw, 1, 1)
+    grad_w = weight.new_zeros(kh * kw, c, mult) if needs[1] else None
+    grad_x = x.new_empty(n, c, h, w) if needs[0] else None
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = stop - start
+        g = g_buf[:b]
+        g[..., :wo] = grad_out[start:stop].reshape(b, c, mult, ho, wo)
+        if grad_w is not None:
+            flat[:b, :, :rows * wp].view(b, c, rows, wp)[:, :, top:top + h, left:left + w] = x[start:stop]
+        if grad_x is not None:
+            grad_flat[:b].zero_()
+        for k, tap_start in enumerate(starts):
+            if grad_w is not None:
+                torch.mul(g, _flat_taps(flat[:b], tap_start, stride[0] * wp, ho, wp), out=product[:b])
+                grad_w[k] += product[:b].sum((0, 3, 4))
+            if grad_x is not None:
+                target = _flat_taps(grad_flat[:b], tap_start, stride[0] * wp, ho, wp)[:, :, 0]   # (B, C, Ho, Wp)
+                for r in range(mult):
+                    target.addcmul_(g[:, :, r], w_taps[:, r, k])
+        if grad_x is not None:
+            grad_x[start:stop] = grad_flat[:b, :, :rows * wp].view(b, c, rows, wp)[:, :, top:top + h, left:left + w]
+    if grad_w is not None:
+        grad_w = grad_w.permute(1, 2, 0).reshape(out_channels, 1, kh, kw)
+    return grad_x, grad_w
+
+
+_PATHS["depthwise-flat"] = (_depthwise_flat_forward, _depthwise_flat_backward)
+
+
+def _applicable_paths(c_per_group: int, groups: int, stride) -> list:
+    """The formulations that can compute a convolution of this kind (im2col computes every one)."""
+    paths = ["im2col"]
+    if groups == 1:
+        paths.append("rows")
+    if c_per_group == 1 and groups > 1:
+        paths += ["depthwise", "depthwise-flat"] if stride[1] == 1 else ["depthwise"]
+    if stride[1] == 1:
+        paths.append("offsets")
+    return paths
+
+
+def _choose_path(c_per_group: int, groups: int, kernel, stride) -> str:
+    """The fastest formulation for the shapes, as measured in 4.3-4.5 and by benchmarks/components.py (one thread)."""
+    if c_per_group == 1 and groups > 1:          # no channel mixing: shifted sums beat any matrix product;
+        return "depthwise-flat" if stride[1] == 1 else "depthwise"   # no transposes where the layout allows
+    if kernel == (1, 1) and stride == (1, 1):
+        return "offsets"                         # a single product per image, on the input as it is
+    if groups == 1 and c_per_group >= 16:
+        return "rows"                            # long rows of many channels: one large product per chunk
+    return "im2col"                              # few channels per group, or groups: columns per group
 
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -486,7 +707,8 @@ class MaxPool2dFunction(torch.autograd.Function):
         (flat,) = ctx.saved_tensors
         (n, c, h, w), (hp, wp), (top, _, left, _) = ctx.sizes
         grad = grad_out.new_zeros(n, c, hp * wp)
-        grad.scatter_add_(2, flat.reshape(n, c, -1), grad_out.reshape(n, c, -1))  # overlapping windows add up
+        positions = flat.shape[-2] * flat.shape[-1]                          # Ho * Wo
+        grad.scatter_add_(2, flat.reshape(n, c, positions), grad_out.reshape(n, c, positions))  # overlaps add up
         grad = grad.view(n, c, hp, wp)[:, :, top:top + h, left:left + w]
         return grad, None, None, None, None, None
 
@@ -625,7 +847,8 @@ def _adaptive_matrix(size: int, out: int, dtype, device) -> torch.Tensor:
 
 
 def adaptive_avg_pool2d(input, output_size):
-    """Functional AdaptiveAvgPool2d: out = A_h @ x @ A_w^T with two averaging matrices."""
+    """Functional AdaptiveAvgPool2d: a reshape and a mean where the output size divides the input,
+    otherwise out = A_h @ x @ A_w^T with two averaging matrices."""
     x, unbatched = _check_input("adaptive_avg_pool2d", input)
     h, w = x.shape[-2:]
     if isinstance(output_size, (tuple, list)):
@@ -639,9 +862,12 @@ def adaptive_avg_pool2d(input, output_size):
         raise ValueError(f"output_size must be positive ints (or None to keep a size), got {output_size!r}")
     if h < 1 or w < 1:
         raise ValueError(f"adaptive_avg_pool2d expected a non-empty input, got shape {tuple(input.shape)}")
-    rows = _adaptive_matrix(h, oh, x.dtype, x.device)             # (Ho, H)
-    cols = _adaptive_matrix(w, ow, x.dtype, x.device)             # (Wo, W)
-    out = torch.matmul(torch.matmul(rows, x), cols.t())           # (N, C, Ho, Wo)
+    if h % oh == 0 and w % ow == 0:                               # equal windows that tile the map
+        out = x.reshape(x.shape[0], x.shape[1], oh, h // oh, ow, w // ow).mean((3, 5))    # (N, C, Ho, Wo)
+    else:
+        rows = _adaptive_matrix(h, oh, x.dtype, x.device)         # (Ho, H)
+        cols = _adaptive_matrix(w, ow, x.dtype, x.device)         # (Wo, W)
+        out = torch.matmul(torch.matmul(rows, x), cols.t())       # (N, C, Ho, Wo)
     return out.squeeze(0) if unbatched else out
 
 
