@@ -517,7 +517,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             given = [k for k, v in vars(args).items() if v is not None and k not in _RUN_OPTIONS]
             if given:
                 raise ConfigError(f"--resume continues the checkpoint's configuration; drop {', '.join(given)}")
-            out = Path(args.out) if args.out else Path(args.resume).resolve().parent
+            out = Path(args.out) if args.out else Path(args.resume).parent
             config = checkpoint["config"]
             limits = {key: getattr(args, key) if getattr(args, key) is not None else config.get(key)
                       for key in _KEPT_OPTIONS}
