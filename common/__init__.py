@@ -13,6 +13,10 @@ Hand-written helpers (import what you use)::
 * ``execute``  - ``python -m common.execute``: run a notebook top to bottom and store it clean
 * ``results``  - one ``result:`` line per trained model; ``collect()`` gathers them from stored notebooks
 * ``complexity`` - parameter and multiply-accumulate counts
+* ``train``    - ``python -m common.train``: any classifier or a notebook's recipe, checkpoints, exact resume, torchrun
+* ``evaluate`` - ``python -m common.evaluate CHECKPOINT``: test accuracy, per class, confusion matrix, throughput
+* ``recipes``  - the notebooks' training configurations, in one place
+* ``distributed`` - DistributedDataParallel set-up and the rank-sharded in-memory loader
 
 Exported from the notebooks (generated, do not edit): ``common.nn``
 (components with torch.nn's names), ``common.nn.functional`` and
