@@ -519,7 +519,8 @@ def _applicable_paths(c_per_group: int, groups: int, stride) -> list:
 def _choose_path(c_per_group: int, groups: int, kernel, stride) -> str:
     """The fastest formulation for the shapes, as measured in 4.3-4.5 and by benchmarks/components.py (one thread)."""
     if c_per_group == 1 and groups > 1:          # no channel mixing: shifted sums beat any matrix product;
-        return "depthwise-flat" if stride[1] == 1 else "depthwise"   # no transposes where the layout allows
+        flat = stride[1] == 1 and kernel[1] <= 5    # no transposes, unless wide kernels make many junk columns
+        return "depthwise-flat" if flat else "depthwise"
     if kernel == (1, 1) and stride == (1, 1):
         return "offsets"                         # a single product per image, on the input as it is
     if groups == 1 and c_per_group >= 16:
