@@ -12,19 +12,25 @@ Notebooks never read the environment variable themselves; they ask::
     from common import budget
     EPOCHS = budget.choose(default=10, quick=1)
     TARGET = budget.choose(default=0.88, quick=0.70)
+
+and its last cell prints ``budget.report()``: the budget and the wall time the
+notebook took, counted from the setup cell (the first import of this module).
 """
 from __future__ import annotations
 
 import os
+import time
 from typing import TypeVar
 
-__all__ = ["ENV_VAR", "is_quick", "choose", "name", "describe"]
+__all__ = ["ENV_VAR", "is_quick", "choose", "name", "describe", "start", "elapsed", "report"]
 
 ENV_VAR = "CVM_QUICK"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
 T = TypeVar("T")
+
+_started = time.perf_counter()  # the setup cell's import; start() moves it
 
 
 def is_quick() -> bool:
@@ -59,3 +65,20 @@ def describe() -> str:
     if is_quick():
         return f"budget: quick ({ENV_VAR}=1): small subset, few steps, lower thresholds"
     return f"budget: default (set {ENV_VAR}=1 for the quick run the tests use)"
+
+
+def start() -> None:
+    """Start the notebook's wall clock again (it starts when this module is first imported)."""
+    global _started
+    _started = time.perf_counter()
+
+
+def elapsed() -> float:
+    """Seconds since the wall clock started (see :func:`start`)."""
+    return time.perf_counter() - _started
+
+
+def report() -> str:
+    """The line a notebook's last cell prints: its budget and how long it ran, top to bottom."""
+    seconds = elapsed()
+    return f"budget: {name()} | wall time from the setup cell to here: {seconds:,.0f} s ({seconds / 60:.1f} min)"
