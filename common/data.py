@@ -2,12 +2,12 @@
 
 Where the four files are looked for, in this order:
 
-1. ``$CVM_DATA`` (if set),
+1. ``$CVM_DATA`` (if set; a folder that does not exist is an error),
 2. ``data/`` at the root of this repository (git-ignored),
 3. ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``),
 
 and only if none has a file is it downloaded (into the first of 1-2), unless
-``download=False``. Each file may be stored gzipped (``.gz``) or not; either
+``download=False``. Given ``root=``, that folder alone is searched, and a download goes there. Each file may be stored gzipped (``.gz``) or not; either
 way its *decompressed* content is checked against the MD5 published for the
 dataset, so a re-compressed copy (Debian's) passes and a truncated or altered
 one fails with an error that names the file and says what to do.
@@ -102,8 +102,7 @@ REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 _HOW_TO_GET = (
     "To get Fashion-MNIST: on Debian/Ubuntu `sudo apt-get install dataset-fashion-mnist`; "
-    "or put the four files (gzipped or not) from {mirror} into {repo} or into the folder "
-    "named by $CVM_DATA; or call with download=True on a machine with internet."
+    "or put the four files (gzipped or not) from {mirror} into {target}{download}"
 )
 
 
@@ -112,16 +111,30 @@ class DataFileError(RuntimeError):
 
 
 def search_dirs() -> list[Path]:
-    """The folders looked in, in order."""
+    """The folders looked in, in order: ``$CVM_DATA`` (when set), the repository's ``data/``, Debian's.
+
+    A ``$CVM_DATA`` that names no folder is an error (a typo would otherwise be skipped in
+    silence and another copy used); the first folder is also where a download goes.
+    """
     dirs = []
     if os.environ.get("CVM_DATA"):
-        dirs.append(Path(os.environ["CVM_DATA"]).expanduser())
+        folder = Path(os.environ["CVM_DATA"]).expanduser()
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise DataFileError(
+                f"CVM_DATA={os.environ['CVM_DATA']!r} names the folder to read Fashion-MNIST from (and download "
+                f"it into), but {folder} {what}. Create it (`mkdir -p {folder}`), correct the path, or unset CVM_DATA."
+            )
+        dirs.append(folder)
     dirs += [REPO_DATA_DIR, DEBIAN_DIR]
     return dirs
 
 
-def _how_to_get() -> str:
-    return _HOW_TO_GET.format(mirror=MIRROR, repo=REPO_DATA_DIR)
+def _how_to_get(dirs: Sequence[Path], download: bool) -> str:
+    """What to do when a file is missing or bad; ``dirs[0]`` is where a copy (or a download) belongs."""
+    tail = (" (a download goes there too: check the network connection, or the proxy settings)." if download
+            else "; or call again with download=True on a machine with internet.")
+    return _HOW_TO_GET.format(mirror=MIRROR, target=dirs[0], download=tail)
 
 
 def _find(name: str, dirs: Sequence[Path]) -> Optional[Path]:
@@ -132,7 +145,7 @@ def _find(name: str, dirs: Sequence[Path]) -> Optional[Path]:
     return None
 
 
-def _read_verified(path: Path, name: str) -> bytes:
+def _read_verified(path: Path, name: str, dirs: Sequence[Path], download: bool) -> bytes:
     """Decompress (if needed) and check the MD5; raise DataFileError naming the file."""
     try:
         raw = path.read_bytes()
@@ -141,14 +154,14 @@ def _read_verified(path: Path, name: str) -> bytes:
     except (EOFError, OSError, zlib.error) as exc:
         raise DataFileError(
             f"Fashion-MNIST file {path} cannot be decompressed ({type(exc).__name__}: {exc}); "
-            f"it is truncated or corrupt. Delete it and get it again. {_how_to_get()}"
+            f"it is truncated or corrupt. Delete it and get it again. {_how_to_get(dirs, download)}"
         ) from exc
     digest = hashlib.md5(raw).hexdigest()
     if digest != FILES[name]:
         raise DataFileError(
             f"Fashion-MNIST file {path} is corrupt: the MD5 of its content is {digest}, "
             f"the published one is {FILES[name]} ({len(raw):,} bytes read). "
-            f"Delete it and get it again. {_how_to_get()}"
+            f"Delete it and get it again. {_how_to_get(dirs, download)}"
         )
     return raw
 
@@ -166,7 +179,9 @@ def _parse_idx(raw: bytes, path: Path, expect_dims: int) -> torch.Tensor:
     return torch.frombuffer(data, dtype=torch.uint8).reshape(shape)
 
 
-def _download(name: str, dest: Path) -> Path:
+def _download(name: str, dirs: Sequence[Path]) -> Path:
+    """Fetch ``name`` from :data:`MIRROR` into the first folder searched, and verify it."""
+    dest = dirs[0]
     dest.mkdir(parents=True, exist_ok=True)
     url = f"{MIRROR}{name}.gz"
     target = dest / f"{name}.gz"
@@ -179,11 +194,11 @@ def _download(name: str, dest: Path) -> Path:
             os.unlink(tmp.name)
             raise DataFileError(
                 f"Fashion-MNIST file {name} was not found in any of "
-                f"{[str(d) for d in search_dirs()]} and downloading {url} failed "
-                f"({type(exc).__name__}: {exc}). {_how_to_get()}"
+                f"{[str(d) for d in dirs]} and downloading {url} into {dest} failed "
+                f"({type(exc).__name__}: {exc}). {_how_to_get(dirs, True)}"
             ) from exc
     os.replace(tmp.name, target)
-    _read_verified(target, name)  # a bad download is an error, never used
+    _read_verified(target, name, dirs, True)  # a bad download is an error, never used
     return target
 
 
@@ -194,10 +209,10 @@ def _load_file(name: str, dirs: tuple[Path, ...], download: bool) -> torch.Tenso
         if not download:
             raise DataFileError(
                 f"Fashion-MNIST file {name}(.gz) was not found in any of {[str(d) for d in dirs]}. "
-                f"{_how_to_get()}"
+                f"{_how_to_get(dirs, False)}"
             )
-        path = _download(name, dirs[0] if os.environ.get("CVM_DATA") else REPO_DATA_DIR)
-    raw = _read_verified(path, name)
+        path = _download(name, dirs)
+    raw = _read_verified(path, name, dirs, download)
     return _parse_idx(raw, path, expect_dims=3 if "images" in name else 1)
 
 
@@ -238,19 +253,19 @@ def val_indices(*, root=None, download: bool = True) -> torch.Tensor:
     generator, the machine or the torch version, and it can be recomputed in
     any language.
     """
-    dirs = (Path(root),) if root is not None else tuple(search_dirs())
+    dirs = (Path(root).expanduser(),) if root is not None else tuple(search_dirs())
     return _val_indices(dirs, download).clone()
 
 
 def load_raw(split: str = "train", *, root=None, download: bool = True):
     """Images ``uint8 (N, 28, 28)`` and labels ``int64 (N,)`` of ``split`` (one of :data:`SPLITS`).
 
-    ``root`` (a folder) replaces the search order; otherwise see :func:`search_dirs`.
-    The files are read and verified once per process (cached).
+    ``root`` (a folder) replaces the search order and is where a download goes; otherwise see
+    :func:`search_dirs`. The files are read and verified once per process (cached).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    dirs = (Path(root),) if root is not None else tuple(search_dirs())
+    dirs = (Path(root).expanduser(),) if root is not None else tuple(search_dirs())
     if split == "test":
         return _load_file_set("test", dirs, download)
     images, labels = _load_file_set("train", dirs, download)

@@ -71,7 +71,34 @@ def test_missing_file_names_it_and_says_how_to_get_it(tmp_path):
         data.load_raw("test", root=tmp_path, download=False)
     message = str(info.value)
     assert "t10k-images-idx3-ubyte" in message and str(tmp_path) in message
-    assert "apt-get install dataset-fashion-mnist" in message
+    assert "apt-get install dataset-fashion-mnist" in message and "download=True" in message
+    assert str(data.REPO_DATA_DIR) not in message and str(data.DEBIAN_DIR) not in message, "root= is the only folder"
+
+
+def test_root_is_searched_alone_and_receives_the_download(tmp_path, monkeypatch):
+    (tmp_path / "good").mkdir()
+    good = _copy_split(tmp_path / "good")
+    root = tmp_path / "my-data"
+
+    def serve(url, timeout):
+        name = url.rsplit("/", 1)[1]
+        path = good / name
+        return _FakeResponse(path.read_bytes() if path.exists() else gzip.compress((good / name[:-3]).read_bytes()))
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", serve)
+    images, _ = data.load_raw("test", root=root)
+    assert images.shape == (10000, 28, 28) and (root / "t10k-images-idx3-ubyte.gz").is_file()
+    assert not (data.REPO_DATA_DIR / "t10k-images-idx3-ubyte.gz.part").exists()
+
+
+def test_cvm_data_naming_no_folder_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CVM_DATA", str(tmp_path / "typo"))
+    with pytest.raises(DataFileError, match=r"CVM_DATA=.*typo.*does not exist.*mkdir -p"):
+        data.load_raw("test")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CVM_DATA", str(tmp_path / "file"))
+    with pytest.raises(DataFileError, match="is not a folder"):
+        data.search_dirs()
 
 
 def test_truncated_file_is_reported(tmp_path):
@@ -128,6 +155,7 @@ class _FakeResponse(io.BytesIO):
 
 
 def test_download_fallback_offline_says_what_to_do(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
     monkeypatch.setenv("CVM_DATA", str(tmp_path / "empty"))
     monkeypatch.setattr(data, "REPO_DATA_DIR", tmp_path / "repo-data")
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
@@ -136,8 +164,11 @@ def test_download_fallback_offline_says_what_to_do(tmp_path, monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(data.urllib.request, "urlopen", offline)
-    with pytest.raises(DataFileError, match="downloading .* failed.*network is unreachable.*apt-get install"):
+    with pytest.raises(DataFileError, match="downloading .* failed.*network is unreachable.*apt-get install") as info:
         data.load_raw("test")
+    message = str(info.value)
+    assert all(str(d) in message for d in (tmp_path / "empty", tmp_path / "repo-data", tmp_path / "no-debian"))
+    assert "download=True" not in message, "the hint to download must not be given when downloading just failed"
     assert not list((tmp_path / "empty").glob("*")), "a failed download must leave no file behind"
 
 
@@ -145,6 +176,7 @@ def test_download_fallback_verifies_what_it_fetched(tmp_path, monkeypatch):
     (tmp_path / "good").mkdir()
     good = _copy_split(tmp_path / "good")
     target = tmp_path / "target"
+    target.mkdir()
     monkeypatch.setenv("CVM_DATA", str(target))
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-debian")
     monkeypatch.setattr(data, "REPO_DATA_DIR", tmp_path / "no-repo")
