@@ -8,6 +8,7 @@ draws.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import time
@@ -19,7 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["get_device", "seed_everything", "History", "fit", "evaluate", "count_parameters", "make_scaler"]
+__all__ = ["get_device", "seed_everything", "History", "fit", "train_for", "warmup_cosine", "evaluate",
+           "count_parameters", "make_scaler"]
 
 
 def get_device(prefer: Optional[str] = None) -> torch.device:
@@ -58,6 +60,7 @@ class History:
     val_loss: list = field(default_factory=list)
     val_acc: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
+    steps: Optional[int] = None      # optimizer steps taken, where a run counts them (train_for)
 
     @property
     def epochs(self) -> int:
@@ -215,4 +218,82 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int,
             print(f"{line} | {history.seconds[-1]:.1f} s", flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
+    return history
+
+
+def warmup_cosine(share: float, warmup: float = 0.05) -> float:
+    """The learning-rate factor at ``share`` (0..1) of a budget: linear from 0 over the first ``warmup``,
+    then a half cosine from 1 down to 0 at the end."""
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup is a share of the budget in [0, 1), got {warmup}")
+    if share < warmup:
+        return share / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (share - warmup) / (1.0 - warmup))))
+
+
+def train_for(model: nn.Module, train_loader: Iterable, *, seconds: Optional[float] = None,
+              steps: Optional[int] = None, lr: float = 2e-3, weight_decay: float = 0.05, warmup: float = 0.05,
+              label_smoothing: float = 0.1, no_decay: tuple = (), val_loader: Optional[Iterable] = None,
+              device: Optional[torch.device] = None, desc: str = "", verbose: bool = True) -> History:
+    """AdamW for ``seconds`` of wall-clock time or for ``steps`` optimizer steps (exactly one of the two).
+
+    The learning rate follows :func:`warmup_cosine` in the share of the budget used (elapsed time or steps), so
+    a time-limited run anneals to zero whatever the machine's speed. Weight decay applies to the matrices and
+    kernels only: not to parameters of one dimension (biases, norm scales) nor to those whose names end with
+    one of ``no_decay`` (e.g. ``("class_token", "pos_embedding")``). Cross-entropy with ``label_smoothing``.
+    One :class:`History` entry per pass over ``train_loader`` (the last pass is cut short when the budget
+    ends), validated on ``val_loader`` after each; ``history.steps`` is the number of steps taken. A time
+    budget is the fair currency between models of different cost on one machine; a step budget is the
+    reproducible one (the same steps on any machine).
+    """
+    if (seconds is None) == (steps is None):
+        raise ValueError(f"train_for needs exactly one budget: seconds=... or steps=..., got seconds={seconds}, "
+                         f"steps={steps}")
+    if (seconds is not None and not seconds > 0) or (steps is not None and steps < 1):
+        raise ValueError(f"the budget must be positive, got seconds={seconds}, steps={steps}")
+    device = device or get_device()
+    model.to(device)
+    named = list(model.named_parameters())
+    exempt = {name for name, p in named if p.dim() <= 1 or (no_decay and name.endswith(tuple(no_decay)))}
+    optimizer = torch.optim.AdamW([{"params": [p for n, p in named if n not in exempt], "weight_decay": weight_decay},
+                                   {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}], lr=lr)
+    history, steps_done, start, done = History(), 0, time.perf_counter(), False
+    while not done:
+        model.train()
+        total_loss, correct, seen, pass_start = 0.0, 0, 0, time.perf_counter()
+        for x, y in (_to(b, device) for b in train_loader):
+            share = steps_done / steps if steps else (time.perf_counter() - start) / seconds
+            if share >= 1:
+                done = True
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = lr * warmup_cosine(share, warmup)
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} after {steps_done} steps; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps_done += 1
+            total_loss += loss.item() * y.shape[0]
+            correct += (logits.argmax(dim=1) == y).sum().item()
+            seen += y.shape[0]
+        if seen == 0:
+            if steps_done == 0:
+                raise ValueError("train_for got an empty loader")
+            break
+        history.train_loss.append(total_loss / seen)
+        history.train_acc.append(correct / seen)
+        line = f"{desc + ' ' if desc else ''}pass {history.epochs}: {seen:,} images, train loss {total_loss / seen:.4f}, " \
+               f"acc {correct / seen:.2%}"
+        if val_loader is not None:
+            val_loss, val_acc = evaluate(model, val_loader, device=device)
+            history.val_loss.append(val_loss)
+            history.val_acc.append(val_acc)
+            line += f" | val loss {val_loss:.4f}, acc {val_acc:.2%}"
+        history.seconds.append(time.perf_counter() - pass_start)
+        if verbose and desc:
+            print(f"{line} | {history.seconds[-1]:.1f} s", flush=True)
+    history.steps = steps_done
     return history

@@ -108,3 +108,54 @@ def test_fit_multiplies_a_loaders_loss_weight_into_the_step():
         grads.append((model.weight.detach().clone(), history.train_loss[0]))
     torch.testing.assert_close(grads[0][0], grads[1][0])              # half the gradient at twice the lr
     assert grads[0][1] == grads[1][1], "the logged loss is the unweighted one"
+
+
+def _toy(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return data.TensorLoader(x, y, batch_size=16, shuffle=True, seed=seed)
+
+
+def test_warmup_cosine_shape():
+    from common.training import warmup_cosine
+    assert warmup_cosine(0.0, 0.1) == 0.0 and abs(warmup_cosine(0.05, 0.1) - 0.5) < 1e-12
+    assert abs(warmup_cosine(0.1, 0.1) - 1.0) < 1e-12 and abs(warmup_cosine(0.55, 0.1) - 0.5) < 1e-12
+    assert abs(warmup_cosine(1.0, 0.1)) < 1e-12
+    with pytest.raises(ValueError, match="warmup"):
+        warmup_cosine(0.5, 1.0)
+
+
+def test_train_for_steps_is_exact_and_learns():
+    from common.training import train_for
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    history = train_for(model, _toy(), steps=20, lr=0.1, val_loader=_toy(seed=1), device=torch.device("cpu"),
+                        label_smoothing=0.0)
+    assert history.steps == 20 and history.epochs == 4          # 6 batches a pass: 6 + 6 + 6 + 2
+    assert history.val_acc[-1] > 0.85 and history.train_loss[-1] < history.train_loss[0]
+
+
+def test_train_for_decays_only_matrices_and_named_exceptions():
+    from common.training import train_for
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model.register_parameter("pos_embedding", torch.nn.Parameter(torch.zeros(3, 3)))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # lr so small that the gradient step is negligible next to weight decay's shrinking when decay is large
+    train_for(model, _toy(), steps=1, lr=1e-9, warmup=0.0, weight_decay=1e6, no_decay=("pos_embedding",),
+              device=torch.device("cpu"))
+    shrunk = {n for n, p in model.named_parameters() if not torch.allclose(p, before[n], atol=1e-6)}
+    assert shrunk == {"0.weight", "1.weight"}, shrunk
+
+
+def test_train_for_time_budget_and_errors():
+    from common.training import train_for
+    model = torch.nn.Linear(4, 2)
+    history = train_for(model, _toy(), seconds=0.2, device=torch.device("cpu"))
+    assert history.steps >= 1 and sum(history.seconds) < 5
+    with pytest.raises(ValueError, match="exactly one budget"):
+        train_for(model, _toy(), seconds=1.0, steps=3)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        train_for(model, _toy())
+    with pytest.raises(ValueError, match="positive"):
+        train_for(model, _toy(), steps=0)
