@@ -7,7 +7,10 @@
 MACs are counted for the layers that dominate them, recognised by their
 torch.nn names (so both ``torch.nn`` and ``common.nn`` layers count):
 ``Conv2d`` (out elements x in_channels/groups x kH x kW), ``Linear``
-(out elements x in_features), and ``MultiheadAttention`` is not counted
+(out elements x in_features), and any module with an ``extra_macs(inputs,
+output)`` method adds what it returns: the products inside an attention
+layer that no ``Linear`` sees (``common.models.swin``'s window attention
+does this). ``MultiheadAttention`` has no such method yet and is not counted
 (say so where it matters). Normalisation, activation, pooling and additions
 are left out: they are a few percent of the total in the CNNs of stages 2-3.
 Counts are per input batch given; pass a batch of 1 for "per image".
@@ -42,6 +45,10 @@ def _macs_of(module: nn.Module, output: torch.Tensor) -> int:
     return 0
 
 
+def _counted(module: nn.Module) -> bool:
+    return type(module).__name__ in ("Conv2d", "Linear") or callable(getattr(module, "extra_macs", None))
+
+
 @torch.no_grad()
 def profile(model: nn.Module, input_shape: Sequence[int]) -> Profile:
     """Parameters of ``model`` and MACs of one forward pass on zeros of ``input_shape`` (eval mode)."""
@@ -49,8 +56,10 @@ def profile(model: nn.Module, input_shape: Sequence[int]) -> Profile:
 
     def hook(module, inputs, output):
         total[0] += _macs_of(module, output)
+        if callable(getattr(module, "extra_macs", None)):
+            total[0] += int(module.extra_macs(inputs, output))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m).__name__ in ("Conv2d", "Linear")]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if _counted(m)]
     was_training = model.training
     model.eval()
     try:

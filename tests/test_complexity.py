@@ -25,3 +25,20 @@ def test_linear_on_sequences_counts_every_position():
     model = nn.Linear(8, 4)
     assert profile(model, (2, 5, 8)).macs == 2 * 5 * 4 * 8
     assert str(profile(model, (1, 8))) == "36 parameters, 0.00 M MACs"
+
+
+def test_a_module_can_add_the_macs_no_linear_sees():
+    class Products(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, x):                                   # (N, L, 4): proj, then x x^T (L x L x 4 MACs)
+            x = self.proj(x)
+            return x @ x.transpose(1, 2)
+
+        def extra_macs(self, inputs, output):
+            return output.numel() * inputs[0].shape[-1]
+
+    measured = profile(Products(), (1, 3, 4))
+    assert measured.macs == 3 * 4 * 4 + 3 * 3 * 4
