@@ -151,14 +151,13 @@ def _pad_keys(mask, extra: int):
     return torch.cat([mask, mask.new_zeros(*mask.shape[:-1], extra)], dim=-1)
 
 
-class MultiheadAttention(nn.Module):
-    """torch.nn.MultiheadAttention from tensor operations: same arguments, parameter names and results.
+class _MultiheadAttentionParameters(nn.Module):
+    """The parameters of torch.nn.MultiheadAttention: torch's names, shapes, initialisation and order.
 
-    Parameters: in_proj_weight (3E, E) when kdim == vdim == embed_dim, else q_proj_weight (E, E),
+    in_proj_weight (3E, E) when kdim == vdim == embed_dim, else q_proj_weight (E, E),
     k_proj_weight (E, kdim) and v_proj_weight (E, vdim); in_proj_bias (3E,) when bias; out_proj,
-    a Linear(E, E); bias_k and bias_v (1, 1, E) when add_bias_kv.
-    forward returns (attn_output, attn_weights): (L, N, E) or (N, L, E) with batch_first, (L, E)
-    unbatched; the weights (N, L, S) averaged over heads, (N, H, L, S) per head, or None.
+    a Linear(E, E); bias_k and bias_v (1, 1, E) when add_bias_kv. The forward pass is added by
+    the two classes below; use MultiheadAttention.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -220,6 +219,10 @@ class MultiheadAttention(nn.Module):
                 self.bias_k.normal_(0.0, 1.0 / math.sqrt(self.embed_dim))
                 self.bias_v.normal_(0.0, 1.0 / math.sqrt(self.embed_dim))
 
+
+class _MultiheadAttentionInputs(_MultiheadAttentionParameters):
+    """The checks of the inputs, the in-projection and the masks of torch.nn.MultiheadAttention."""
+
     def _check_inputs(self, query, key, value) -> bool:
         """Ranks and feature sizes; returns whether the input is batched."""
         name = "MultiheadAttention"
@@ -257,6 +260,40 @@ class MultiheadAttention(nn.Module):
             weight_q, weight_k, weight_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
         return linear(query, weight_q, bias_q), linear(key, weight_k, bias_k), linear(value, weight_v, bias_v)
 
+    def _masks(self, key_padding_mask, attn_mask, batched: bool, batch: int, length: int, source_length: int,
+               dtype):
+        """Both masks as float masks that broadcast to the scores (N, H, L, S), or None.
+
+        key_padding_mask (N, S) or unbatched (S,) -> (N, 1, 1, S): every head, every query.
+        attn_mask (L, S) stays (L, S); (N*H, L, S) -> (N, H, L, S).
+        """
+        padding = _mha_mask_as_float(key_padding_mask, "key_padding_mask", dtype)
+        if padding is not None:
+            expected = (batch, source_length) if batched else (source_length,)
+            if tuple(padding.shape) != expected:
+                raise ValueError(f"MultiheadAttention expected key_padding_mask of shape {expected} "
+                                 f"(N, S) or (S,), got {tuple(padding.shape)}")
+            padding = padding.reshape(batch, 1, 1, source_length)
+        mask = _mha_mask_as_float(attn_mask, "attn_mask", dtype)
+        if mask is not None:
+            per_head = (batch * self.num_heads if batched else self.num_heads, length, source_length)
+            if tuple(mask.shape) not in ((length, source_length), per_head):
+                raise ValueError(f"MultiheadAttention expected attn_mask of shape {(length, source_length)} "
+                                 f"(L, S) or {per_head} (N*num_heads, L, S), got {tuple(mask.shape)}")
+            if mask.dim() == 3:
+                mask = mask.reshape(-1, self.num_heads, length, source_length)
+        return padding, mask
+
+
+class MultiheadAttention(_MultiheadAttentionInputs):
+    """torch.nn.MultiheadAttention from tensor operations: same arguments, parameter names and results.
+
+    Parameters (see _MultiheadAttentionParameters): in_proj_weight (3E, E) or q/k/v_proj_weight,
+    in_proj_bias (3E,), out_proj (a Linear(E, E)), bias_k and bias_v with add_bias_kv.
+    forward returns (attn_output, attn_weights): (L, N, E) or (N, L, E) with batch_first, (L, E)
+    unbatched; the weights (N, L, S) averaged over heads, (N, H, L, S) per head, or None.
+    """
+
     def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
                 average_attn_weights: bool = True, is_causal: bool = False):
         batched = self._check_inputs(query, key, value)
@@ -265,22 +302,9 @@ class MultiheadAttention(nn.Module):
         elif not self.batch_first:        # (L, N, E) -> (N, L, E)
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
         batch, length, source_length = query.shape[0], query.shape[1], key.shape[1]
-        heads, dtype = self.num_heads, query.dtype
-
-        padding = _mha_mask_as_float(key_padding_mask, "key_padding_mask", dtype)
-        if padding is not None:
-            expected = (batch, source_length) if batched else (source_length,)
-            if tuple(padding.shape) != expected:
-                raise ValueError(f"MultiheadAttention expected key_padding_mask of shape {expected} "
-                                 f"(N, S) or (S,), got {tuple(padding.shape)}")
-            padding = padding.reshape(batch, 1, 1, source_length)          # (N, 1, 1, S): every head, every query
-        mask = _mha_mask_as_float(attn_mask, "attn_mask", dtype)
-        if mask is not None:
-            per_head = (batch * heads if batched else heads, length, source_length)
-            if tuple(mask.shape) not in ((length, source_length), per_head):
-                raise ValueError(f"MultiheadAttention expected attn_mask of shape {(length, source_length)} "
-                                 f"(L, S) or {per_head} (N*num_heads, L, S), got {tuple(mask.shape)}")
-            mask = mask.reshape(-1, heads, length, source_length) if mask.dim() == 3 else mask  # (N, H, L, S)
+        heads = self.num_heads
+        padding, mask = self._masks(key_padding_mask, attn_mask, batched, batch, length, source_length,
+                                    query.dtype)                            # (N, 1, 1, S), (L, S) or (N, H, L, S)
         if is_causal and attn_mask is None:
             raise ValueError("MultiheadAttention got is_causal=True without attn_mask: as in torch, is_causal is "
                              "a hint that attn_mask is the causal mask, so pass the mask too")
