@@ -144,6 +144,19 @@ def test_linear_errors():
         ours_F.linear(torch.randn(2, 3), torch.randn(5, 4))
 
 
+def test_linear_dtype_mismatch_names_the_fix():
+    # each direction names the conversion that makes input and weight agree, for the module and the function
+    with pytest.raises(TypeError, match=r"convert the input with \.float\(\) or the module with \.double\(\)"):
+        ours.Linear(4, 3)(torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"convert the input with \.double\(\) or the module with \.float\(\)"):
+        ours.Linear(4, 3, dtype=torch.float64)(torch.zeros(2, 4))
+    with pytest.raises(TypeError, match=r"convert the input with \.float\(\) or the weight with \.half\(\)"):
+        ours_F.linear(torch.zeros(2, 4, dtype=torch.float16), torch.zeros(3, 4))
+    layer = ours.Linear(4, 3)
+    x = torch.zeros(2, 4, dtype=torch.float64)
+    assert layer(x.float()).dtype == torch.float32 and layer.double()(x).dtype == torch.float64  # both fixes work
+
+
 # ---------------------------------------------------------------- Dropout
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -9,14 +9,24 @@ import torch
 from torch import nn
 
 
+_CAST = {torch.float32: ".float()", torch.float64: ".double()", torch.float16: ".half()", torch.bfloat16: ".bfloat16()"}
+
+
+def _cast(dtype) -> str:
+    """The tensor / module method that converts to ``dtype`` (``.float()`` for float32, ...)."""
+    return _CAST.get(dtype, f".to({dtype})")
+
+
 def _check_floating(name: str, input, expected_dtype=None) -> None:
-    """TypeError unless ``input`` is a floating-point tensor (of ``expected_dtype`` when given)."""
+    """TypeError unless ``input`` is a floating-point tensor (of ``expected_dtype`` when given, naming the fix)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{name} expected a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():
         raise TypeError(f"{name} expected a floating-point input, got dtype {input.dtype}")
     if expected_dtype is not None and input.dtype != expected_dtype:
-        raise TypeError(f"{name} expected input of dtype {expected_dtype} (the weight's), got {input.dtype}")
+        owner = "the module" if name[:1].isupper() else "the weight"  # Linear(...) vs functional linear(...)
+        raise TypeError(f"{name} expected input of dtype {expected_dtype} (the weight's), got {input.dtype}: "
+                        f"convert the input with {_cast(expected_dtype)} or {owner} with {_cast(input.dtype)}")
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
