@@ -193,6 +193,10 @@ def test_bad_input_and_arguments():
         model(torch.randn(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"ResNet expected input \(N, 1, H, W\), got \(1, 28, 28\)"):
         model(torch.randn(1, 28, 28))
+    with pytest.raises(ValueError, match="pass x.unsqueeze\\(0\\)"):
+        model(torch.randn(1, 28, 28))
+    with pytest.raises(ValueError, match="pass a torch.Tensor"):
+        model([[0.0]])
     with pytest.raises(ValueError, match="nothing is downloaded"):
         resnet50(weights="DEFAULT")
     with pytest.raises(ValueError, match="3-element sequence"):
@@ -215,3 +219,16 @@ def test_bad_input_and_arguments():
         ResNet(Bottleneck, [1, 1], widths=(8, 16), groups=32, width_per_group=4)
     with torch.device("meta"):
         assert resnext50_32x4d(groups=32).layer1[0].conv2.groups == 32        # the fixed value itself is fine
+
+
+def test_grey_images_into_a_colour_resnet18_name_in_channels():
+    """The error says what the model expects, what came, and the fix: build it with in_channels=1."""
+    with torch.device("meta"):                                       # the check runs before any arithmetic
+        model = resnet18()
+        grey = torch.empty(2, 1, 28, 28)
+    with pytest.raises(ValueError, match=r"ResNet expected input \(N, 3, H, W\), got \(2, 1, 28, 28\): .*"
+                                         r"build it with in_channels=1, e.g. resnet18\(in_channels=1\)"):
+        model(grey)
+    with torch.device("meta"):
+        fixed = resnet18(in_channels=1, stem="small", num_classes=10)
+        assert fixed(grey).shape == (2, 10)                         # the fix works (shapes only, on meta)

@@ -95,7 +95,68 @@ class Bottleneck(nn.Module):
 _STEMS = ("imagenet", "small")
 
 
-class ResNet(nn.Module):
+def _check_layout(layers: Sequence[int], widths: Sequence[int], stem: str,
+                  replace_stride_with_dilation: Optional[Sequence[bool]]) -> tuple:
+    """ResNet's layout arguments, checked: (layers, widths, one dilation flag per stage after the first)."""
+    layers, widths = list(layers), list(widths)
+    if len(layers) != len(widths) or not layers:
+        raise ValueError(f"ResNet needs one block count per stage width: got layers={layers} and "
+                         f"widths={widths} ({len(layers)} vs {len(widths)} stages)")
+    if any(not isinstance(n, int) or n < 1 for n in layers) or any(not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"layers and widths must be positive ints, got layers={layers}, widths={widths}")
+    if stem not in _STEMS:
+        raise ValueError(f"stem must be one of {_STEMS}, got {stem!r}")
+    if replace_stride_with_dilation is None:
+        replace_stride_with_dilation = [False] * (len(layers) - 1)
+    if len(replace_stride_with_dilation) != len(layers) - 1:
+        raise ValueError(f"replace_stride_with_dilation should be None or a {len(layers) - 1}-element "
+                         f"sequence (one flag per stage after the first), got {replace_stride_with_dilation}")
+    return layers, widths, [bool(flag) for flag in replace_stride_with_dilation]
+
+
+class _ResNetParts(nn.Module):
+    """The two methods ResNet's constructor calls: ``_make_layer`` builds one stage, ``_initialize`` sets
+    torchvision's initial weights. They read ``inplanes``, ``dilation``, ``groups``, ``base_width`` and
+    ``_norm_layer``, which ``ResNet.__init__`` sets."""
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
+        norm_layer = self._norm_layer
+        downsample = None
+        previous_dilation = self.dilation
+        if dilate:                                    # keep the resolution, widen the view instead
+            self.dilation *= stride
+            stride = 1
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
+                                       norm_layer(planes * block.expansion))
+        stage = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width,
+                       previous_dilation, norm_layer)]
+        self.inplanes = planes * block.expansion
+        for _ in range(1, blocks):
+            stage.append(block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
+                               dilation=self.dilation, norm_layer=norm_layer))
+        return nn.Sequential(*stage)
+
+    @torch.no_grad()
+    def _initialize(self, zero_init_residual: bool) -> None:
+        # torchvision's choice: He-normal with the fan-out for every convolution, norm layers at the identity
+        # (weight 1, bias 0); the fc layer keeps Linear's own uniform initialisation.
+        for m in self.modules():
+            if isinstance(m, Conv2d):
+                fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+                m.weight.normal_(0.0, (2.0 / fan_out) ** 0.5)
+            elif getattr(m, "weight", None) is not None and type(m).__name__ in ("BatchNorm2d", "GroupNorm"):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+        if zero_init_residual:                        # each residual branch starts at 0: the block is the identity
+            for m in self.modules():
+                if isinstance(m, Bottleneck) and m.bn3.weight is not None:
+                    m.bn3.weight.zero_()
+                elif isinstance(m, BasicBlock) and m.bn2.weight is not None:
+                    m.bn2.weight.zero_()
+
+
+class ResNet(_ResNetParts):
     """torchvision.models.ResNet from common.nn layers, for ResNets, wide ResNets and ResNeXts alike.
 
     stem (conv1, bn1, relu, maxpool) -> layer1 ... layerS -> global average pool -> fc.
@@ -122,19 +183,7 @@ class ResNet(nn.Module):
                  norm_layer: Optional[Callable[..., nn.Module]] = None, *, in_channels: int = 3,
                  stem: str = "imagenet", widths: Sequence[int] = (64, 128, 256, 512)) -> None:
         super().__init__()
-        layers, widths = list(layers), list(widths)
-        if len(layers) != len(widths) or not layers:
-            raise ValueError(f"ResNet needs one block count per stage width: got layers={layers} and "
-                             f"widths={widths} ({len(layers)} vs {len(widths)} stages)")
-        if any(not isinstance(n, int) or n < 1 for n in layers) or any(not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(f"layers and widths must be positive ints, got layers={layers}, widths={widths}")
-        if stem not in _STEMS:
-            raise ValueError(f"stem must be one of {_STEMS}, got {stem!r}")
-        if replace_stride_with_dilation is None:
-            replace_stride_with_dilation = [False] * (len(layers) - 1)
-        if len(replace_stride_with_dilation) != len(layers) - 1:
-            raise ValueError(f"replace_stride_with_dilation should be None or a {len(layers) - 1}-element "
-                             f"sequence (one flag per stage after the first), got {replace_stride_with_dilation}")
+        layers, widths, dilate_flags = _check_layout(layers, widths, stem, replace_stride_with_dilation)
         self._norm_layer = norm_layer or BatchNorm2d
         self.in_channels = in_channels
         self.inplanes = widths[0]
@@ -151,53 +200,30 @@ class ResNet(nn.Module):
         self.relu = ReLU(inplace=True)
         for index, (planes, blocks) in enumerate(zip(widths, layers)):
             stride = 1 if index == 0 else 2
-            dilate = False if index == 0 else bool(replace_stride_with_dilation[index - 1])
+            dilate = False if index == 0 else dilate_flags[index - 1]
             setattr(self, f"layer{index + 1}", self._make_layer(block, planes, blocks, stride, dilate))
         self.num_stages = len(layers)
         self.avgpool = AdaptiveAvgPool2d((1, 1))
         self.fc = Linear(widths[-1] * block.expansion, num_classes)
         self._initialize(zero_init_residual)
 
-    @torch.no_grad()
-    def _initialize(self, zero_init_residual: bool) -> None:
-        # torchvision's choice: He-normal with the fan-out for every convolution, norm layers at the identity
-        # (weight 1, bias 0); the fc layer keeps Linear's own uniform initialisation.
-        for m in self.modules():
-            if isinstance(m, Conv2d):
-                fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
-                m.weight.normal_(0.0, (2.0 / fan_out) ** 0.5)
-            elif getattr(m, "weight", None) is not None and type(m).__name__ in ("BatchNorm2d", "GroupNorm"):
-                m.weight.fill_(1.0)
-                m.bias.zero_()
-        if zero_init_residual:                        # each residual branch starts at 0: the block is the identity
-            for m in self.modules():
-                if isinstance(m, Bottleneck) and m.bn3.weight is not None:
-                    m.bn3.weight.zero_()
-                elif isinstance(m, BasicBlock) and m.bn2.weight is not None:
-                    m.bn2.weight.zero_()
-
-    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
-        norm_layer = self._norm_layer
-        downsample = None
-        previous_dilation = self.dilation
-        if dilate:                                    # keep the resolution, widen the view instead
-            self.dilation *= stride
-            stride = 1
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       norm_layer(planes * block.expansion))
-        stage = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width,
-                       previous_dilation, norm_layer)]
-        self.inplanes = planes * block.expansion
-        for _ in range(1, blocks):
-            stage.append(block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
-                               dilation=self.dilation, norm_layer=norm_layer))
-        return nn.Sequential(*stage)
+    def _input_error(self, x) -> str:
+        # What was expected, what came, and the fix.
+        expected = f"ResNet expected input (N, {self.in_channels}, H, W)"
+        if not isinstance(x, torch.Tensor):
+            return f"{expected}, got {type(x).__name__}: pass a torch.Tensor"
+        got = f"{expected}, got {tuple(x.shape)}"
+        if x.dim() == 3 and x.shape[0] == self.in_channels:
+            return f"{got}: one image without a batch dimension; pass x.unsqueeze(0)"
+        if x.dim() == 4:
+            return (f"{got}: this model was built for {self.in_channels}-channel images; for {x.shape[1]}-channel "
+                    f"images build it with in_channels={x.shape[1]}, e.g. resnet18(in_channels={x.shape[1]}) "
+                    f"(and stem='small' for images as small as 28x28)")
+        return f"{got}: pass a batch of images (N, C, H, W)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"ResNet expected input (N, {self.in_channels}, H, W), got {got}")
+            raise ValueError(self._input_error(x))
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))   # (N, w0, H/4, W/4) or (N, w0, H, W)
         for index in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{index}")(x)              # channels widths[i] * expansion, size halved
