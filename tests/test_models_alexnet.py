@@ -3,7 +3,8 @@
 A torchvision state_dict loads strictly and gives the same logits (and gradients) in float64, for default and
 non-default num_classes/dropout, in eval and train mode; the parameter count derived in the notebook; the
 Fashion-MNIST-sized configuration's shape, parameter count and equality with a torch.nn twin; only common.nn
-layers inside; clear errors for bad input and arguments.
+layers inside; clear errors for bad input (naming the fix and the minimum input size, which is exact) and
+arguments.
 """
 import pytest
 import torch
@@ -12,7 +13,8 @@ from torch import nn
 
 from common.checks import assert_same_module
 from common.complexity import profile
-from common.models import AlexNet, alexnet
+from common.models import AlexNet, alexnet, minimum_input_size
+from common.nn import AvgPool2d, Conv2d, MaxPool2d
 
 SMALL = dict(num_classes=10, in_channels=1, stem="small", width=0.25, hidden=1024, pool_size=2)
 TIGHT = dict(rtol=1e-10, atol=1e-10)
@@ -101,14 +103,57 @@ def test_only_common_nn_layers(kwargs):
 
 
 @pytest.mark.parametrize("kwargs,shape,expected", [
-    (dict(), (2, 1, 224, 224), r"expected input \(N, 3, H, W\), got \(2, 1, 224, 224\)"),
-    (SMALL, (2, 3, 28, 28), r"expected input \(N, 1, H, W\), got \(2, 3, 28, 28\)"),
-    (SMALL, (1, 28, 28), r"expected input \(N, 1, H, W\), got \(1, 28, 28\)"),
-    (SMALL, (2, 1, 4, 4), r"the output would be 0x0"),
+    (dict(), (2, 1, 224, 224), r"expected input \(N, 3, H, W\), got \(2, 1, 224, 224\): for 1-channel images build "
+                               r"alexnet\(in_channels=1, ...\)"),
+    (SMALL, (2, 3, 28, 28), r"expected input \(N, 1, H, W\), got \(2, 3, 28, 28\): for 3-channel images build "
+                            r"alexnet\(in_channels=3"),
+    (SMALL, (1, 28, 28), r"got \(1, 28, 28\): add the batch dimension, x.unsqueeze\(0\)"),
+    (dict(), (2, 3, 28, 28), r"AlexNet\(stem='imagenet'\) needs inputs of at least 63x63 .*got 28x28: for small images "
+                             r"build alexnet\(stem='small', ...\), which takes 15x15 and up"),
+    (dict(), (2, 3, 224, 62), r"at least 63x63 .*got 224x62"),
+    (dict(), (2, 3, 8, 8), r"at least 63x63 .*got 8x8: resize or pad the images to at least 63x63"),
+    (SMALL, (2, 1, 4, 4), r"AlexNet\(stem='small'\) needs inputs of at least 15x15 .*got 4x4: resize or pad"),
 ])
-def test_bad_input(kwargs, shape, expected):
+def test_bad_input_says_what_was_expected_and_the_fix(kwargs, shape, expected):
     with pytest.raises(ValueError, match=expected):
         alexnet(**kwargs)(torch.randn(shape))
+
+
+@pytest.mark.parametrize("kwargs,side", [
+    (dict(), 63), (dict(pool_kernel=2), 35), (SMALL, 15), ({**SMALL, "pool_kernel": 2}, 8),
+], ids=["imagenet", "imagenet-pool2", "small", "small-pool2"])
+def test_minimum_input_size_is_exact(kwargs, side):
+    # at the minimum our model runs; one pixel less and the torch.nn twin fails inside a pooling layer
+    ours = alexnet(**kwargs).eval()
+    assert ours.min_input_size == (side, side)
+    channels = kwargs.get("in_channels", 3)
+    with torch.no_grad():
+        assert ours(torch.randn(1, channels, side, side)).shape[0] == 1
+        twin = _torch_twin(ours).eval()
+        twin(torch.randn(1, channels, side, side))
+        with pytest.raises(RuntimeError):
+            twin(torch.randn(1, channels, side - 1, side))
+        with pytest.raises(ValueError, match=f"at least {side}x{side}"):
+            ours(torch.randn(1, channels, side, side - 1))
+
+
+@pytest.mark.parametrize("layers,expected", [
+    (lambda: nn.Sequential(Conv2d(1, 1, 3)), (3, 3)),
+    (lambda: nn.Sequential(Conv2d(1, 1, (3, 5), stride=2, padding=(1, 0))), (1, 5)),
+    (lambda: nn.Sequential(Conv2d(1, 1, 3, dilation=2), MaxPool2d(2)), (6, 6)),
+    (lambda: nn.Sequential(Conv2d(1, 1, 5, padding="same"), AvgPool2d(3, stride=2)), (3, 3)),
+    (lambda: nn.Sequential(MaxPool2d(2, ceil_mode=True)), None),
+])
+def test_minimum_input_size_of_layer_stacks(layers, expected):
+    assert minimum_input_size(layers()) == expected
+    if expected is not None:   # exact: torch's output size formula gives 1 at the minimum, 0 one pixel below
+        for dim in range(2):
+            smaller = list(expected)
+            smaller[dim] -= 1
+            if smaller[dim] >= 1:
+                with pytest.raises((RuntimeError, ValueError)):
+                    layers()(torch.randn(1, 1, *smaller))
+        assert min(layers()(torch.randn(1, 1, *expected)).shape[-2:]) >= 1
 
 
 @pytest.mark.parametrize("kwargs,expected", [

@@ -2,7 +2,7 @@
 # DO NOT EDIT: it is rewritten by every export.
 """From-scratch models with torchvision's (or timm's) names and state_dict keys."""
 from .lenet import ScaledTanh, LeNet5, lenet5  # stage2_cnn/01_lenet.ipynb
-from .alexnet import AlexNet, alexnet  # stage2_cnn/02_alexnet.ipynb
+from .alexnet import AlexNet, minimum_input_size, alexnet  # stage2_cnn/02_alexnet.ipynb
 from .vgg import VGG, scale_config, make_layers, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn  # stage2_cnn/03_vgg.ipynb
 from .resnet import BasicBlock, Bottleneck, ResNet, conv3x3, conv1x1, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2  # stage3_resnets/01_resnet.ipynb
 from .densenet import DenseLayer, DenseBlock, Transition, DenseNet, densenet121, densenet161, densenet169, densenet201, convert_legacy_state_dict  # stage3_resnets/03_densenet.ipynb

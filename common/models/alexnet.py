@@ -8,15 +8,68 @@ Generated from stage2_cnn/02_alexnet.ipynb, where the architecture is derived an
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 from torch import nn
 
-from common.nn import AdaptiveAvgPool2d, Conv2d, Dropout, Linear, MaxPool2d, ReLU, Tanh
+from common.nn import AdaptiveAvgPool2d, AvgPool2d, Conv2d, Dropout, Linear, MaxPool2d, ReLU, Tanh
 
-__all__ = ["AlexNet", "alexnet"]
+__all__ = ["AlexNet", "alexnet", "minimum_input_size"]
 
 _ACTIVATIONS = {"relu": ReLU, "tanh": Tanh}
 _WIDTHS = (64, 192, 384, 256, 256)          # output channels of the five convolutions (torchvision)
+
+
+def _pair(value) -> Tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def minimum_input_size(layers: nn.Module) -> Optional[Tuple[int, int]]:
+    """The smallest (H, W) for which every Conv2d and pooling layer in ``layers`` (run in order) outputs >= 1x1.
+
+    Backwards from a 1x1 output: a layer with kernel k, stride s, padding p, dilation d outputs at least m
+    pixels exactly when its input has n >= (m - 1) s + d (k - 1) + 1 - 2p. None if a pooling layer uses
+    ``ceil_mode`` (another size rule). Derived in stage2_cnn/02_alexnet.ipynb.
+    """
+    sides = [1, 1]                                                    # (H, W) after the last layer
+    spatial = [m for m in layers.modules() if isinstance(m, (Conv2d, MaxPool2d, AvgPool2d))]
+    for layer in reversed(spatial):
+        if getattr(layer, "ceil_mode", False):
+            return None
+        if isinstance(layer.padding, str):                            # "same" keeps the size, "valid" is 0
+            if layer.padding == "same":
+                continue
+            padding = (0, 0)
+        else:
+            padding = _pair(layer.padding)
+        kernel, stride, dilation = _pair(layer.kernel_size), _pair(layer.stride), _pair(getattr(layer, "dilation", 1))
+        for dim in range(2):
+            needed = (sides[dim] - 1) * stride[dim] + dilation[dim] * (kernel[dim] - 1) + 1 - 2 * padding[dim]
+            sides[dim] = max(1, needed)
+    return tuple(sides)
+
+
+def _input_problem(model: nn.Module, x) -> Optional[str]:
+    # None for a good input; otherwise what was expected, what came, and the fix
+    expected = f"AlexNet expected input (N, {model.in_channels}, H, W)"
+    if not isinstance(x, torch.Tensor):
+        return f"{expected}, got {type(x).__name__}: pass a tensor"
+    got = f"{expected}, got {tuple(x.shape)}"
+    if x.dim() != 4:
+        return f"{got}: " + ("add the batch dimension, x.unsqueeze(0)" if x.dim() == 3 else "a batch is 4-d")
+    if x.shape[1] != model.in_channels:
+        return f"{got}: for {x.shape[1]}-channel images build alexnet(in_channels={x.shape[1]}, ...)"
+    height, width = x.shape[-2:]
+    min_height, min_width = model.min_input_size
+    if height >= min_height and width >= min_width:
+        return None
+    problem = (f"AlexNet(stem={model.stem!r}) needs inputs of at least {min_height}x{min_width} (smaller ones leave "
+               f"its last max-pool no pixel), got {height}x{width}")
+    small = minimum_input_size(model.features[1:])                    # the small stem keeps the size
+    if model.stem == "imagenet" and height >= small[0] and width >= small[1]:
+        return f"{problem}: for small images build alexnet(stem='small', ...), which takes {small[0]}x{small[1]} and up"
+    return f"{problem}: resize or pad the images to at least {min_height}x{min_width}"
 
 
 class AlexNet(nn.Module):
@@ -57,7 +110,7 @@ class AlexNet(nn.Module):
             first = Conv2d(in_channels, c1, kernel_size=11, stride=4, padding=2)
         else:
             first = Conv2d(in_channels, c1, kernel_size=3, stride=1, padding=1)
-        self.in_channels = in_channels
+        self.in_channels, self.stem = in_channels, stem
         self.features = nn.Sequential(
             first, act(), pool(),                                                      # 0-2
             Conv2d(c1, c2, kernel_size=5, padding=2), act(), pool(),                   # 3-5
@@ -71,11 +124,12 @@ class AlexNet(nn.Module):
             Dropout(p=dropout), Linear(hidden, hidden), act(),                          # 3-5
             Linear(hidden, num_classes),                                                # 6
         )
+        self.min_input_size = minimum_input_size(self.features)        # (63, 63) for torchvision's AlexNet
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"AlexNet expected input (N, {self.in_channels}, H, W), got {shape}")
+        problem = _input_problem(self, x)
+        if problem is not None:
+            raise ValueError(problem)
         x = self.features(x)                 # (N, c5, h, w)
         x = self.avgpool(x)                  # (N, c5, pool_size, pool_size)
         x = torch.flatten(x, 1)              # (N, c5 * pool_size^2)
@@ -86,9 +140,9 @@ def alexnet(num_classes: int = 1000, dropout: float = 0.5, **kwargs) -> AlexNet:
     """torchvision.models.alexnet's architecture (no pretrained weights: load a state_dict instead).
 
     Keyword arguments of :class:`AlexNet` size it for small images, e.g. Fashion-MNIST:
-    ``alexnet(num_classes=10, in_channels=1, stem="small", width=0.5, hidden=1024, pool_size=2)``.
+    ``alexnet(num_classes=10, in_channels=1, stem="small", width=0.25, hidden=1024, pool_size=2)``.
     """
     return AlexNet(num_classes=num_classes, dropout=dropout, **kwargs)
 
 
-__all__ = ['AlexNet', 'alexnet']
+__all__ = ['AlexNet', 'minimum_input_size', 'alexnet']
