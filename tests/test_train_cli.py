@@ -190,8 +190,8 @@ def test_recipe_optimizer_and_schedule_are_the_notebooks():
     assert all(p.dim() > 1 for p in decay) and all(p.dim() <= 1 for p in no_decay)
     assert len(decay) + len(no_decay) == len(list(model.parameters()))
     assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
-    scheduler = train.make_scheduler(optimizer, recipe, steps_per_epoch=469)
-    assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.total_steps == 4690
+    scheduler = train.make_scheduler(optimizer, recipe, steps_per_epoch=430)   # 55,000 images in batches of 128
+    assert isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.total_steps == 430 * recipe["epochs"]
     lenet = recipes.get("stage2_cnn/01_lenet")
     adamw = train.make_optimizer(train.build_model("lenet5"), lenet)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 1e-4 and adamw.defaults["lr"] == 3e-3
