@@ -2,7 +2,8 @@
 
 Every constructor: torchvision's state_dict loads strictly and both give the same logits (float64, eval) with
 non-default num_classes and drop_rate. Small configurations: training mode (outputs, BatchNorm buffers, input
-and parameter gradients) against torchvision's DenseNet class, memory_efficient=True included. The full-size
+and parameter gradients) against torchvision's DenseNet class, memory_efficient=True and dropout (the same masks
+under the same seed) included. The full-size
 models are built on the meta device, then torchvision's is materialised once in float64 and filled with random
 values; ours takes its tensors with ``load_state_dict(strict=True, assign=True)``.
 """
@@ -110,8 +111,10 @@ def test_init_follows_torchvision():
     assert torch.all(model.classifier.bias == 0) and model.classifier.weight.abs().sum() > 0
 
 
-def _small_stem_reference(growth_rate, block_config, num_init_features, bn_size, num_classes, in_channels, stride):
-    reference = torchvision.models.DenseNet(growth_rate, block_config, num_init_features, bn_size, 0.0, num_classes)
+def _small_stem_reference(growth_rate, block_config, num_init_features, bn_size, num_classes, in_channels, stride,
+                          drop_rate=0.0):
+    reference = torchvision.models.DenseNet(growth_rate, block_config, num_init_features, bn_size, drop_rate,
+                                            num_classes)
     reference.features.conv0 = nn.Conv2d(in_channels, num_init_features, 3, stride=stride, padding=1, bias=False)
     del reference.features.norm0, reference.features.relu0, reference.features.pool0
     return reference
@@ -119,11 +122,17 @@ def _small_stem_reference(growth_rate, block_config, num_init_features, bn_size,
 
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("memory_efficient", [False, True])
-def test_imagenet_stem_matches_torchvision_in_train_and_eval(train, memory_efficient):
-    """Outputs, BatchNorm running statistics, input and parameter gradients (drop_rate=0: dropout masks differ)."""
+@pytest.mark.parametrize("drop_rate", [0.0, 0.3])
+def test_imagenet_stem_matches_torchvision_in_train_and_eval(train, memory_efficient, drop_rate):
+    """Outputs, BatchNorm running statistics, input and parameter gradients, with dropout on and off.
+
+    With dropout on both models draw the same masks under the same seed: our Dropout calls bernoulli_ on
+    empty_like(new maps), as torch's does, and the new maps are contiguous in both (bernoulli_ fills in memory order).
+    """
     torch.manual_seed(0)
-    ours = DenseNet(8, (2, 3), 16, bn_size=2, num_classes=5, memory_efficient=memory_efficient).double()
-    reference = _randomize(torchvision.models.DenseNet(8, (2, 3), 16, 2, 0.0, 5).double(),
+    ours = DenseNet(8, (2, 3), 16, bn_size=2, drop_rate=drop_rate, num_classes=5,
+                    memory_efficient=memory_efficient).double()
+    reference = _randomize(torchvision.models.DenseNet(8, (2, 3), 16, 2, drop_rate, 5).double(),
                            torch.Generator().manual_seed(2))
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     report = assert_same_module(ours, reference, x, train=train, rtol=1e-9, atol=1e-10)
@@ -134,14 +143,20 @@ def test_imagenet_stem_matches_torchvision_in_train_and_eval(train, memory_effic
 
 def test_small_stem_matches_torchvision_with_the_same_stem():
     torch.manual_seed(0)
-    ours = DenseNet(6, (2, 2, 3), 12, bn_size=4, num_classes=10, in_channels=1, small_inputs=True,
+    ours = DenseNet(6, (2, 2, 3), 12, bn_size=4, drop_rate=0.2, num_classes=10, in_channels=1, small_inputs=True,
                     stem_stride=2).double()
-    reference = _randomize(_small_stem_reference(6, (2, 2, 3), 12, 4, 10, 1, 2).double(),
+    reference = _randomize(_small_stem_reference(6, (2, 2, 3), 12, 4, 10, 1, 2, drop_rate=0.2).double(),
                            torch.Generator().manual_seed(3))
     x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
     for train in (True, False):
         report = assert_same_module(ours, reference, x, train=train, rtol=1e-9, atol=1e-10)
         assert len(report.rows) > 50
+    # the masks matter: another seed gives other logits in training mode
+    ours.train()
+    torch.manual_seed(0)
+    first = ours(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(first, ours(x))
 
 
 def test_memory_efficient_gives_identical_outputs_gradients_and_buffers():
