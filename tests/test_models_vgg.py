@@ -121,33 +121,78 @@ def _torch_reference_small(cfg, in_channels, pool_size, hidden, num_classes, dro
     return reference
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_fashion_mnist_variant_matches_torch_in_train_and_eval(train):
-    """The small grey variant, forward and backward, BatchNorm's batch statistics and running buffers."""
+@pytest.mark.parametrize("train,dropout", [(False, 0.5), (True, 0.0), (True, 0.3), (True, 0.5)])
+def test_fashion_mnist_variant_matches_torch_in_train_and_eval(train, dropout):
+    """The small grey variant, forward and backward, BatchNorm's batch statistics and running buffers;
+    in train mode with dropout > 0 both draw the same masks from the same random state."""
     torch.manual_seed(0)
     ours = vgg11_bn(in_channels=1, num_classes=10, width=0.25, num_stages=3, pool_size=2,
-                    hidden_features=32, dropout=0.0).double()
+                    hidden_features=32, dropout=dropout).double()
     cfg = scale_config(cfgs["A"], width=0.25, num_stages=3)
-    reference = _torch_reference_small(cfg, 1, 2, 32, 10, 0.0).double()
+    reference = _torch_reference_small(cfg, 1, 2, 32, 10, dropout).double()
     _randomize(reference, torch.Generator().manual_seed(2))
     x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
     report = assert_same_module(ours, reference, x, train=train, rtol=1e-9, atol=1e-10)
     assert any("grad features.0.weight" in row[0] for row in report.rows)
     if train:
         assert any("running_mean" in row[0] for row in report.rows)
+    if train and dropout > 0:   # the masks matter: another random state gives other logits
+        with torch.no_grad():
+            torch.manual_seed(5)
+            first = ours(x)
+            torch.manual_seed(6)
+            assert (ours(x) - first).abs().max() > 1e-3
 
 
 def test_bad_input_and_weights():
     model = vgg11(in_channels=1, width=0.125, num_stages=3, pool_size=1, hidden_features=8, num_classes=10)
-    with pytest.raises(ValueError, match=r"VGG expected input \(N, 1, H, W\), got \(2, 3, 28, 28\)"):
+    with pytest.raises(ValueError, match=r"VGG expected input \(N, 1, H, W\), got \(2, 3, 28, 28\): for 3-channel "
+                                         r"images build the model with in_channels=3"):
         model(torch.randn(2, 3, 28, 28))
-    with pytest.raises(ValueError, match=r"VGG expected input \(N, 1, H, W\), got \(1, 28, 28\)"):
+    with pytest.raises(ValueError, match=r"VGG expected input \(N, 1, H, W\), got \(1, 28, 28\): add the batch"):
         model(torch.randn(1, 28, 28))
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="nothing is downloaded"):
         vgg16(weights="DEFAULT")
     with pytest.raises(ValueError, match="at least one Conv2d"):
         VGG(nn.Sequential())
+
+
+@pytest.mark.parametrize("name", list(CONSTRUCTORS))
+def test_too_small_input_names_the_minimum_and_the_fix(name):
+    with torch.device("meta"):
+        model = CONSTRUCTORS[name]()
+    assert model.min_input_size == (32, 32)
+    with pytest.raises(ValueError, match=r"VGG with 5 max-pools needs inputs of at least 32x32, got 28x28: keep 4 "
+                                         r"pooling stages for it, num_stages=4"):
+        model(torch.zeros(1, 3, 28, 28, device="meta"))
+    with pytest.raises(ValueError, match=r"got 12x40: keep 3 pooling stages for it, num_stages=3"):
+        model(torch.zeros(1, 3, 12, 40, device="meta"))
+    with pytest.raises(ValueError, match=r"got 1x1: resize or pad the images to at least 32x32"):
+        model(torch.zeros(1, 3, 1, 1, device="meta"))
+
+
+@pytest.mark.parametrize("stages", [1, 2, 3, 4, 5])
+def test_minimum_input_size_is_exact(stages):
+    # ours runs at 2^stages; torchvision's features of the same configuration fail one pixel below
+    side = 2 ** stages
+    ours = vgg11(width=0.125, num_stages=stages, pool_size=1, hidden_features=8, num_classes=3).eval()
+    assert ours.min_input_size == (side, side)
+    cfg = scale_config(cfgs["A"], width=0.125, num_stages=stages)
+    reference = torchvision.models.vgg.make_layers(cfg).eval()
+    with torch.no_grad():
+        assert ours(torch.randn(1, 3, side, side)).shape == (1, 3)
+        reference(torch.randn(1, 3, side, side))
+        with pytest.raises(RuntimeError):
+            reference(torch.randn(1, 3, side - 1, side))
+    with pytest.raises(ValueError, match=f"at least {side}x{side}, got {side}x{side - 1}"):
+        ours(torch.randn(1, 3, side, side - 1))
+    # the fix it names works: the suggested num_stages takes the input
+    if stages > 1:
+        with pytest.raises(ValueError, match=f"num_stages={stages - 1}") as error:
+            ours(torch.randn(1, 3, side - 1, side - 1))
+        assert vgg11(width=0.125, num_stages=stages - 1, pool_size=1, hidden_features=8)(
+            torch.randn(1, 3, side - 1, side - 1)).shape == (1, 1000)
 
 
 def test_features_are_numbered_like_torchvision_make_layers():

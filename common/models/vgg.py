@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from common.models.alexnet import minimum_input_size
 from common.nn import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Linear, MaxPool2d, ReLU
 
 # Table 1 of Simonyan & Zisserman: the numbers are the output channels of 3x3 convolutions
@@ -69,6 +70,35 @@ def make_layers(cfg: Sequence[Union[int, str]], batch_norm: bool = False, in_cha
     return nn.Sequential(*layers)
 
 
+def _input_problem(model: nn.Module, x) -> Optional[str]:
+    # None for a good input; otherwise what was expected, what came, and the fix
+    expected = f"VGG expected input (N, {model.in_channels}, H, W)"
+    if not isinstance(x, torch.Tensor):
+        return f"{expected}, got {type(x).__name__}: pass a tensor"
+    got = f"{expected}, got {tuple(x.shape)}"
+    if x.dim() != 4:
+        return f"{got}: " + ("add the batch dimension, x.unsqueeze(0)" if x.dim() == 3 else "a batch is 4-d")
+    if x.shape[1] != model.in_channels:
+        return f"{got}: for {x.shape[1]}-channel images build the model with in_channels={x.shape[1]}"
+    if model.min_input_size is None:
+        return None
+    height, width = x.shape[-2:]
+    min_height, min_width = model.min_input_size
+    if height >= min_height and width >= min_width:
+        return None
+    features = model.features
+    pools = [i for i, layer in enumerate(features) if isinstance(layer, MaxPool2d)] \
+        if isinstance(features, nn.Sequential) else []
+    problem = (f"VGG with {len(pools) or 'its'} max-pools needs inputs of at least {min_height}x{min_width}, "
+               f"got {height}x{width}")
+    for stages in range(len(pools) - 1, 0, -1):                      # the deepest prefix that fits
+        need = minimum_input_size(features[:pools[stages - 1] + 1])
+        if need is not None and height >= need[0] and width >= need[1]:
+            return (f"{problem}: keep {stages} pooling stages for it, num_stages={stages} "
+                    f"(e.g. vgg11(num_stages={stages}, ...)), or resize the images")
+    return f"{problem}: resize or pad the images to at least {min_height}x{min_width}"
+
+
 def _convolutions(module: nn.Module) -> List[nn.Module]:
     return [m for m in module.modules() if isinstance(m, Conv2d)]
 
@@ -101,6 +131,7 @@ class VGG(nn.Module):
             Dropout(p=dropout),
             Linear(hidden_features, num_classes),
         )
+        self.min_input_size = minimum_input_size(features)            # (32, 32) for the five pools
         if init_weights:
             self._initialize()
 
@@ -122,9 +153,9 @@ class VGG(nn.Module):
                 m.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"VGG expected input (N, {self.in_channels}, H, W), got {got}")
+        problem = _input_problem(self, x)
+        if problem is not None:
+            raise ValueError(problem)
         x = self.features(x)                  # (N, C, H / 2^stages, W / 2^stages)
         x = self.avgpool(x)                   # (N, C, pool_size, pool_size)
         x = torch.flatten(x, 1)               # (N, C * pool_size^2)
