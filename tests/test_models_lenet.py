@@ -97,13 +97,27 @@ def test_only_common_nn_layers(config):
 
 
 @pytest.mark.parametrize("shape,expected", [
-    ((2, 3, 28, 28), r"\(N, 1, 28, 28\), got \(2, 3, 28, 28\)"),
-    ((2, 1, 32, 32), r"\(N, 1, 28, 28\), got \(2, 1, 32, 32\)"),
-    ((1, 28, 28), r"\(N, 1, 28, 28\), got \(1, 28, 28\)"),
+    ((2, 3, 28, 28), r"\(N, 1, 28, 28\), got \(2, 3, 28, 28\): for 3-channel images build lenet5\(in_channels=3\)"),
+    ((2, 1, 32, 32), r"\(N, 1, 28, 28\), got \(2, 1, 32, 32\): for 32x32 images build lenet5\(padding=0\)"),
+    ((2, 1, 30, 30), r"got \(2, 1, 30, 30\): for 30x30 images build lenet5\(padding=1\)"),
+    ((2, 1, 64, 64), r"got \(2, 1, 64, 64\): resize the images to 28x28"),
+    ((1, 28, 28), r"\(N, 1, 28, 28\), got \(1, 28, 28\): add the batch dimension, x.unsqueeze\(0\)"),
+    ((28, 28), r"got \(28, 28\): a batch of images is 4-d"),
 ])
-def test_bad_input_says_what_was_expected(shape, expected):
+def test_bad_input_says_what_was_expected_and_the_fix(shape, expected):
     with pytest.raises(ValueError, match=expected):
         lenet5()(torch.randn(shape))
+
+
+def test_the_suggested_fix_works():
+    # what the messages suggest builds a network that takes the input
+    assert lenet5(in_channels=3)(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+    assert lenet5(padding=1)(torch.randn(2, 1, 30, 30)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"expected input \(N, 3, 32, 32\), got \(2, 1, 32, 32\): for 1-channel "
+                                         r"images build lenet5\(in_channels=1\)"):
+        lenet5(in_channels=3, padding=0)(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="pass a tensor"):
+        lenet5()([[0.0]])
 
 
 @pytest.mark.parametrize("kwargs,expected", [

@@ -71,11 +71,28 @@ class LeNet5(nn.Module):
         """The side of the square input: 32 pixels of receptive field minus the padding C1 adds."""
         return 32 - 2 * self.padding
 
+    def _input_error(self, x) -> str:
+        # What was expected, what came, and the fix
+        side = self.input_size
+        expected = f"LeNet5 expected input (N, {self.in_channels}, {side}, {side})"
+        if not isinstance(x, torch.Tensor):
+            return f"{expected}, got {type(x).__name__}: pass a tensor"
+        got = f"{expected}, got {tuple(x.shape)}"
+        if x.dim() == 3:
+            return f"{got}: add the batch dimension, x.unsqueeze(0)"
+        if x.dim() != 4:
+            return f"{got}: a batch of images is 4-d, (N, C, H, W)"
+        if x.shape[1] != self.in_channels:
+            return f"{got}: for {x.shape[1]}-channel images build lenet5(in_channels={x.shape[1]})"
+        height, width = x.shape[2:]
+        if height == width and height in (28, 30, 32):
+            return f"{got}: for {height}x{height} images build lenet5(padding={(32 - height) // 2})"
+        return f"{got}: resize the images to {side}x{side}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         side = self.input_size
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (self.in_channels, side, side):
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"LeNet5 expected input (N, {self.in_channels}, {side}, {side}), got {shape}")
+            raise ValueError(self._input_error(x))
         x = self.features(x)                 # (N, 120, 1, 1)
         x = torch.flatten(x, 1)              # (N, 120)
         return self.classifier(x)            # (N, num_classes)
