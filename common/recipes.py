@@ -58,12 +58,12 @@ _ALEXNET = {
     "schedule": "onecycle", "label_smoothing": 0.1, "train_split": "train",
 }
 _VGG = {
-    "notebook": "stage2_cnn/03_vgg", "label": "VGG-11-BN (small)", "notebook_accuracy": 0.9263,
+    "notebook": "stage2_cnn/03_vgg", "label": "VGG-11-BN (small)", "notebook_accuracy": 0.9268,
     "model": "vgg11_bn",
     "model_args": {"in_channels": 1, "num_classes": 10, "width": 0.375, "num_stages": 3, "pool_size": 3,
                    "hidden_features": 256, "dropout": 0.2, "init_weights": False},
     "epochs": 7, "batch_size": 64, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.05,
-    "schedule": "onecycle", "train_split": "trainval",
+    "schedule": "onecycle", "train_split": "train",
 }
 _RESNET = {
     "notebook": "stage3_resnets/01_resnet", "label": "ResNet (small, BasicBlock [1,1,1,1])",
