@@ -3,7 +3,8 @@
 Embedding vs nn.Embedding; PositionalEncoding vs the closed form written out
 independently; TransformerEncoderLayer / TransformerEncoder vs torch's with
 copied weights (both load directions), forward and every gradient, over norm
-placement, activation, batch_first, masks, bias, dtype, train/eval; the error
+placement, activation, batch_first, masks, bias, dtype, eval and train mode
+(dropout > 0 under one seed: the attention's output gets torch's memory layout); the error
 messages. Comparisons run with grad enabled: under no_grad in eval mode torch
 takes a fused "fast path" whose numbers differ slightly (tested separately).
 """
@@ -19,7 +20,7 @@ from torch.nn import functional as F
 from common.checks import assert_same_module, gradcheck
 from common.nn import Embedding, PositionalEncoding, TransformerEncoder, TransformerEncoderLayer
 from common.nn import LayerNorm
-from common.nn.transformer import _EmbeddingFunction
+from common.nn.transformer import _EmbeddingFunction, _torch_layout
 
 TIGHT = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
 
@@ -259,6 +260,46 @@ def test_layer_eval_mode_dropout_and_state_dict_both_ways(norm_first):
     with torch.enable_grad():
         torch.testing.assert_close(ours(src), theirs(src.requires_grad_()), **TIGHT[torch.float64])
     assert list(ours.state_dict()) == list(ref.state_dict())
+
+
+@pytest.mark.parametrize("norm_first, batch_first, activation", GRID)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_layer_train_mode_with_dropout_matches_torch_under_one_seed(norm_first, batch_first, activation, dtype):
+    # four dropouts (attention weights, after attention, inside and after the feed-forward) draw torch's masks
+    ours, ref = _layers(norm_first, batch_first, activation, dropout=0.3, dtype=dtype)
+    src = _source(batch_first, dtype)
+    for name, masks in _masks(dtype).items():
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            assert_same_module(ours, ref, src, forward_kwargs=masks, train=True, title=f"{name}, seed {seed}",
+                               **TIGHT[dtype])
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_attention_output_gets_torchs_memory_layout_before_dropout(batch_first):
+    ours, ref = _layers(False, batch_first)
+    src = _source(batch_first, torch.float64)
+    theirs = ref.self_attn(src, src, src, need_weights=False)[0]
+    mine = _torch_layout(ours.self_attn(src, src, src, need_weights=False)[0], batch_first)
+    assert mine.stride() == theirs.stride()
+    torch.testing.assert_close(mine, theirs, **TIGHT[torch.float64])
+
+
+def test_train_mode_stack_and_unbatched_with_dropout_match_torch():
+    torch.manual_seed(0)
+    kwargs = dict(dim_feedforward=FF, dropout=0.2, batch_first=True, norm_first=True, dtype=torch.float64)
+    ours = TransformerEncoder(TransformerEncoderLayer(E, H, **kwargs), 3, norm=LayerNorm(E, dtype=torch.float64))
+    ref = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, **kwargs), 3, enable_nested_tensor=False,
+                                norm=nn.LayerNorm(E, dtype=torch.float64))
+    for parameter in ref.parameters():
+        nn.init.normal_(parameter, std=0.2)
+    padding = _masks(torch.float64)["bool padding"]["src_key_padding_mask"]
+    assert_same_module(ours, ref, _source(True, torch.float64), forward_kwargs={"src_key_padding_mask": padding},
+                       train=True, **TIGHT[torch.float64])
+    for batch_first in (False, True):
+        layer, reference = _layers(False, batch_first, dropout=0.4)
+        assert_same_module(layer, reference, torch.randn(L, E, dtype=torch.float64), train=True,
+                           **TIGHT[torch.float64])
 
 
 def test_layer_train_mode_dropout_is_active():

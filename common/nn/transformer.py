@@ -40,6 +40,27 @@ class _EmbeddingFunction(torch.autograd.Function):
         return grad_weight, None, None, None
 
 
+def _check_indices(indices: Tensor, num_embeddings: int) -> None:
+    """Embedding's input: integer ids (torch.long or torch.int), each in [0, num_embeddings)."""
+    if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32):
+        got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
+        raise TypeError(f"Embedding expects integer indices (torch.long or torch.int), got {got}: "
+                        f"convert token ids with .long()")
+    if indices.numel() and (indices.min() < 0 or indices.max() >= num_embeddings):
+        raise IndexError(f"Embedding indices must be in [0, {num_embeddings}), got values in "
+                         f"[{indices.min().item()}, {indices.max().item()}]")
+
+
+def _renorm_rows_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
+    """Rescale, in place and outside autograd, the looked-up rows whose norm_type-norm exceeds max_norm."""
+    with torch.no_grad():
+        rows = torch.unique(indices)
+        norms = weight[rows].norm(p=norm_type, dim=1)                   # (U,)
+        too_long = norms > max_norm
+        scale = max_norm / (norms[too_long] + 1e-7)
+        weight[rows[too_long]] *= scale.unsqueeze(1)
+
+
 class Embedding(nn.Module):
     """A lookup table of ``num_embeddings`` learned vectors of size ``embedding_dim`` (torch.nn.Embedding).
 
@@ -93,28 +114,11 @@ class Embedding(nn.Module):
         return cls(rows, cols, padding_idx=padding_idx, max_norm=max_norm, norm_type=norm_type,
                    scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, _weight=embeddings, _freeze=freeze)
 
-    def _check(self, indices: Tensor) -> None:
-        if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32):
-            got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
-            raise TypeError(f"Embedding expects integer indices (torch.long or torch.int), got {got}")
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_embeddings):
-            raise IndexError(f"Embedding indices must be in [0, {self.num_embeddings}), got values in "
-                             f"[{indices.min().item()}, {indices.max().item()}]")
-
-    def _renorm_(self, indices: Tensor) -> None:
-        """Rescale, in place and outside autograd, the used rows whose norm exceeds max_norm."""
-        with torch.no_grad():
-            rows = torch.unique(indices)
-            norms = self.weight[rows].norm(p=self.norm_type, dim=1)     # (U,)
-            too_long = norms > self.max_norm
-            scale = self.max_norm / (norms[too_long] + 1e-7)
-            self.weight[rows[too_long]] *= scale.unsqueeze(1)
-
     def forward(self, input: Tensor) -> Tensor:
-        self._check(input)
+        _check_indices(input, self.num_embeddings)
         indices = input.long()
         if self.max_norm is not None:
-            self._renorm_(indices)
+            _renorm_rows_(self.weight, indices, self.max_norm, self.norm_type)
         return _EmbeddingFunction.apply(self.weight, indices, self.padding_idx, self.scale_grad_by_freq)
 
     def extra_repr(self) -> str:
@@ -206,6 +210,41 @@ def _additive_mask(mask: Optional[Tensor], name: str, dtype: torch.dtype) -> Opt
     return mask.to(dtype)
 
 
+def _check_encoder_input(layer, src: Tensor, src_mask: Optional[Tensor], key_padding_mask: Optional[Tensor]) -> None:
+    """src (L, N, E), (N, L, E) with batch_first, or (L, E); the masks' shapes for that src."""
+    name, layout = type(layer).__name__, "(N, L, E)" if layer.batch_first else "(L, N, E)"
+    if not isinstance(src, Tensor) or src.dim() not in (2, 3) or src.shape[-1] != layer.d_model:
+        got = tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__
+        raise ValueError(f"{name} expected src {layout} or (L, E) with E = d_model = {layer.d_model}, got shape {got}")
+    if not src.is_floating_point():
+        raise TypeError(f"{name} expects a floating-point src, got {src.dtype}: convert it with .float()")
+    batched = src.dim() == 3
+    length = src.shape[1 if batched and layer.batch_first else 0]
+    batch = (src.shape[0 if layer.batch_first else 1]) if batched else None
+    if src_mask is not None:
+        stacked = batch * layer.nhead if batched else layer.nhead        # one (L, L) mask per sequence and head
+        allowed = [(length, length), (stacked, length, length)]
+        if tuple(src_mask.shape) not in allowed:
+            raise ValueError(f"src_mask must have shape {allowed[0]} or {allowed[1]} "
+                             f"(L = {length}, {'N * nhead' if batched else 'nhead'} = {stacked}), "
+                             f"got {tuple(src_mask.shape)}")
+    if key_padding_mask is not None:
+        expected = (batch, length) if batched else (length,)
+        if tuple(key_padding_mask.shape) != expected:
+            raise ValueError(f"src_key_padding_mask must have shape {expected} (N, L), "
+                             f"got {tuple(key_padding_mask.shape)}")
+
+
+def _torch_layout(x: Tensor, batch_first: bool) -> Tensor:
+    """x in the memory layout of torch's attention output: (L, N, E) in memory, seen as (N, L, E) if batch_first.
+
+    torch's MultiheadAttention computes sequence-first and hands back a transposed view when batch_first;
+    dropout fills its mask in memory order (bernoulli_ follows the strides), so the same seed drops the
+    same entries only when the layouts agree. The values are unchanged.
+    """
+    return x.transpose(0, 1).contiguous().transpose(0, 1) if batch_first else x.contiguous()
+
+
 class TransformerEncoderLayer(nn.Module):
     """Self-attention and a feed-forward network, each in a residual branch (torch.nn.TransformerEncoderLayer).
 
@@ -240,33 +279,9 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout2 = Dropout(dropout)
         self.activation = _activation_from(activation)
 
-    def _check(self, src: Tensor, src_mask: Optional[Tensor], key_padding_mask: Optional[Tensor]) -> None:
-        layout = "(N, L, E)" if self.batch_first else "(L, N, E)"
-        if not isinstance(src, Tensor) or src.dim() not in (2, 3) or src.shape[-1] != self.d_model:
-            got = tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__
-            raise ValueError(f"{type(self).__name__} expected src {layout} or (L, E) with E = d_model = "
-                             f"{self.d_model}, got shape {got}")
-        if not src.is_floating_point():
-            raise TypeError(f"{type(self).__name__} expects a floating-point src, got {src.dtype}")
-        batched = src.dim() == 3
-        length = src.shape[1 if batched and self.batch_first else 0]
-        batch = (src.shape[0 if self.batch_first else 1]) if batched else None
-        if src_mask is not None:
-            stacked = batch * self.nhead if batched else self.nhead     # one (L, L) mask per sequence and head
-            allowed = [(length, length), (stacked, length, length)]
-            if tuple(src_mask.shape) not in allowed:
-                raise ValueError(f"src_mask must have shape {allowed[0]} or {allowed[1]} "
-                                 f"(L = {length}, {'N * nhead' if batched else 'nhead'} = {stacked}), "
-                                 f"got {tuple(src_mask.shape)}")
-        if key_padding_mask is not None:
-            expected = (batch, length) if batched else (length,)
-            if tuple(key_padding_mask.shape) != expected:
-                raise ValueError(f"src_key_padding_mask must have shape {expected} (N, L), "
-                                 f"got {tuple(key_padding_mask.shape)}")
-
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None,
                 src_key_padding_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
-        self._check(src, src_mask, src_key_padding_mask)
+        _check_encoder_input(self, src, src_mask, src_key_padding_mask)
         if src.dim() == 2:                                              # unbatched (L, E): add N = 1
             batch_dim = 0 if self.batch_first else 1
             padding = None if src_key_padding_mask is None else src_key_padding_mask.unsqueeze(0)
@@ -288,7 +303,7 @@ class TransformerEncoderLayer(nn.Module):
     def _sa_block(self, x: Tensor, attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor]) -> Tensor:
         attended = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
                                   need_weights=False)[0]
-        return self.dropout1(attended)
+        return self.dropout1(_torch_layout(attended, self.batch_first))    # torch's memory order, torch's mask
 
     def _ff_block(self, x: Tensor) -> Tensor:
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
