@@ -408,6 +408,19 @@ def test_conv2d_dtype_mismatch_is_a_type_error():
         ours.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8, dtype=torch.float64))
 
 
+def test_conv2d_dtype_mismatch_names_the_fix():
+    # each direction names the conversion that makes input and weight agree, and both conversions work
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"convert the input with \.float\(\) or the module with \.double\(\)$"):
+        ours.Conv2d(3, 4, 3)(x)
+    with pytest.raises(TypeError, match=r"convert the input with \.double\(\) or the module with \.float\(\)$"):
+        ours.Conv2d(3, 4, 3, bias=False, dtype=torch.float64)(x.float())
+    with pytest.raises(TypeError, match=r"bias torch.float32: convert the bias with \.double\(\)$"):
+        ours_F.conv2d(x, torch.randn(4, 3, 3, 3, dtype=torch.float64), torch.randn(4))
+    assert ours.Conv2d(3, 4, 3)(x.float()).dtype == torch.float32
+    assert ours.Conv2d(3, 4, 3).double()(x).dtype == torch.float64
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(in_channels=3, out_channels=4, kernel_size=3, groups=2), r"in_channels \(3\) and out_channels \(4\) must both be divisible by groups \(2\)"),
     (dict(in_channels=4, out_channels=6, kernel_size=3, groups=4), r"divisible by groups \(4\)"),

@@ -238,6 +238,17 @@ def test_half_precision_input_with_float32_parameters():
     assert out.dtype == torch.bfloat16
 
 
+def test_dtype_mismatch_names_the_fix():
+    # float64 input into float32 parameters (and the reverse): the message names .float() / .double(), and both work
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    for make in (lambda: BatchNorm2d(4), lambda: GroupNorm(2, 4), lambda: LayerNorm2d(4), lambda: LayerNorm((3, 3))):
+        with pytest.raises(TypeError, match=r"got torch.float64: convert the input with \.float\(\) or the module with \.double\(\)"):
+            make()(x)
+        with pytest.raises(TypeError, match=r"got torch.float32: convert the input with \.double\(\) or the module with \.float\(\)"):
+            make().double()(x.float())
+        assert make()(x.float()).dtype == torch.float32 and make().double()(x).dtype == torch.float64
+
+
 def test_bad_input_errors():
     cases = [
         (lambda: BatchNorm2d(3)(torch.randn(2, 3, 4)), ValueError, r"BatchNorm2d expected input \(N, 3, H, W\), got shape \(2, 3, 4\)"),

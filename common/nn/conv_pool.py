@@ -571,9 +571,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     out_channels, c_per_group, kh, kw = weight.shape
     x, unbatched = _check_input("conv2d", input, c_per_group * groups)
     if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
+        cast = {torch.float32: ".float()", torch.float64: ".double()", torch.float16: ".half()",
+                torch.bfloat16: ".bfloat16()"}
+        fix = (f"convert the input with {cast.get(weight.dtype, weight.dtype)} or the module with "
+               f"{cast.get(x.dtype, x.dtype)}" if x.dtype != weight.dtype
+               else f"convert the bias with {cast.get(x.dtype, x.dtype)}")
         raise TypeError(f"conv2d expected input and weight{' and bias' if bias is not None else ''} "
                         f"of one dtype, got input {x.dtype}, weight {weight.dtype}"
-                        + (f", bias {bias.dtype}" if bias is not None else ""))
+                        + (f", bias {bias.dtype}" if bias is not None else "") + f": {fix}")
     if out_channels % groups:
         raise ValueError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
     if bias is not None and bias.shape != (out_channels,):

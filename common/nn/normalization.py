@@ -445,8 +445,10 @@ def _check_floating(name: str, input: torch.Tensor, parameter: Optional[torch.Te
         raise TypeError(f"{name} expected a floating-point input, got {input.dtype}")
     if (parameter is not None and input.dtype in (torch.float32, torch.float64)
             and parameter.dtype != input.dtype):
+        fix = {torch.float32: ".float()", torch.float64: ".double()"}
         raise TypeError(f"{name} expected {parameter.dtype} input (the dtype of its parameters and buffers), "
-                        f"got {input.dtype}")
+                        f"got {input.dtype}: convert the input with {fix[parameter.dtype]} "
+                        f"or the module with {fix[input.dtype]}")
 
 
 class _BatchNorm(nn.Module):
