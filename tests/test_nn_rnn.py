@@ -236,6 +236,20 @@ def test_lstm_errors_say_what_was_expected():
         lstm([torch.randn(3, 4)])
 
 
+def test_lstm_dtype_mismatch_names_the_fix():
+    # a float64 input into float32 weights (and the reverse) names both conversions; an integer input only .float()
+    with pytest.raises(TypeError, match=r"convert the input with \.float\(\) or the module with \.double\(\)"):
+        LSTM(4, 5)(torch.randn(3, 2, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"convert the input with \.double\(\) or the module with \.float\(\)"):
+        LSTMCell(4, 5, dtype=torch.float64)(torch.randn(2, 4))
+    with pytest.raises(TypeError, match=r"convert the initial c with \.float\(\) or the module with \.double\(\)"):
+        LSTM(4, 5)(torch.randn(3, 2, 4), (torch.zeros(1, 2, 5), torch.zeros(1, 2, 5, dtype=torch.float64)))
+    with pytest.raises(TypeError, match=r"got torch.int64: convert the input with \.float\(\)$"):
+        LSTM(4, 5)(torch.ones(3, 2, 4, dtype=torch.long))
+    x = torch.randn(3, 2, 4, dtype=torch.float64)
+    assert LSTM(4, 5)(x.float())[0].dtype == torch.float32 and LSTM(4, 5).double()(x)[0].dtype == torch.float64
+
+
 def test_lstm_constructor_errors():
     with pytest.raises(NotImplementedError, match=r"proj_size=3"):
         LSTM(4, 5, proj_size=3)

@@ -19,12 +19,23 @@ def _check_size(owner: str, name: str, value, minimum: int = 1) -> int:
     return value
 
 
+_CAST = {torch.float32: ".float()", torch.float64: ".double()", torch.float16: ".half()", torch.bfloat16: ".bfloat16()"}
+
+
+def _cast(dtype) -> str:
+    """The tensor / module method that converts to ``dtype`` (``.float()`` for float32, ...)."""
+    return _CAST.get(dtype, f".to({dtype})")
+
+
 def _check_tensor(owner: str, what: str, tensor, dtype) -> None:
-    """TypeError unless ``tensor`` is a floating tensor of the weights' dtype."""
+    """TypeError unless ``tensor`` is a floating tensor of the weights' dtype; the message names the fix."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{owner} expected {what} to be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dtype != dtype:
-        raise TypeError(f"{owner} expected {what} of dtype {dtype} (the weights'), got {tensor.dtype}")
+        module_fix = f" or the module with {_cast(tensor.dtype)}" if tensor.is_floating_point() else ""
+        subject = what if what.startswith("the ") else f"the {what}"             # "the input", "the initial h"
+        raise TypeError(f"{owner} expected {what} of dtype {dtype} (the weights'), got {tensor.dtype}: "
+                        f"convert {subject} with {_cast(dtype)}{module_fix}")
 
 
 def _unpack_state(owner: str, hx, expected: tuple, dtype):
