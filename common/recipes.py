@@ -93,12 +93,12 @@ _RESNEXT_BASELINE = {
     "model": "ResNet", "model_args": {**_RESNEXT_MODEL, "width_per_group": 72}, **_RESNEXT_COMMON,
 }
 _DENSENET = {
-    "notebook": "stage3_resnets/03_densenet", "label": "DenseNet-BC (small)", "notebook_accuracy": 0.9313,
+    "notebook": "stage3_resnets/03_densenet", "label": "DenseNet-BC (small)", "notebook_accuracy": 0.9293,
     "model": "DenseNet",
     "model_args": {"growth_rate": 12, "block_config": [2, 4, 6], "num_init_features": 24, "bn_size": 2,
                    "num_classes": 10, "in_channels": 1, "small_inputs": True, "stem_stride": 2},
-    "epochs": 9, "batch_size": 128, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True,
-    "weight_decay": 5e-5, "schedule": "onecycle", "label_smoothing": 0.1, "train_split": "trainval",
+    "epochs": 9, "batch_size": 128, "optimizer": "sgd", "lr": 0.4, "momentum": 0.9, "nesterov": True,
+    "weight_decay": 5e-5, "schedule": "onecycle", "label_smoothing": 0.1, "train_split": "train",
 }
 _EFFICIENTNET = {
     "notebook": "stage3_resnets/04_efficientnet", "label": "EfficientNet (small)", "notebook_accuracy": 0.8771,

@@ -108,6 +108,27 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
+def _check_densenet_arguments(growth_rate, block_config, num_init_features, bn_size, drop_rate, num_classes,
+                              in_channels, small_inputs, stem_stride, compression) -> None:
+    """DenseNet's argument checks; each error says what was expected and what came."""
+    for value, name in ((growth_rate, "growth_rate"), (num_init_features, "num_init_features"),
+                        (bn_size, "bn_size"), (num_classes, "num_classes"), (in_channels, "in_channels"),
+                        (stem_stride, "stem_stride")):
+        _positive_int(value, name)
+    if isinstance(block_config, (str, bytes)) or not isinstance(block_config, Sequence) or not block_config:
+        raise ValueError(f"DenseNet expected block_config to be a non-empty sequence of positive ints, "
+                         f"got {block_config!r}")
+    for value in block_config:
+        _positive_int(value, "every entry of block_config")
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"DenseNet expected drop_rate in [0, 1), got {drop_rate!r}")
+    if not 0.0 < compression <= 1.0:
+        raise ValueError(f"DenseNet expected compression (theta) in (0, 1], got {compression!r}")
+    if stem_stride != 1 and not small_inputs:
+        raise ValueError(f"DenseNet: stem_stride applies to the small_inputs stem only (the ImageNet stem has "
+                         f"stride 2 and a max-pool), got stem_stride={stem_stride} with small_inputs=False")
+
+
 class DenseNet(nn.Module):
     """torchvision.models.DenseNet (DenseNet-BC) from common.nn layers: same arguments, same state_dict keys.
 
@@ -126,22 +147,8 @@ class DenseNet(nn.Module):
                  memory_efficient: bool = False, *, in_channels: int = 3, small_inputs: bool = False,
                  stem_stride: int = 1, compression: float = 0.5) -> None:
         super().__init__()
-        for value, name in ((growth_rate, "growth_rate"), (num_init_features, "num_init_features"),
-                            (bn_size, "bn_size"), (num_classes, "num_classes"), (in_channels, "in_channels"),
-                            (stem_stride, "stem_stride")):
-            _positive_int(value, name)
-        if isinstance(block_config, (str, bytes)) or not isinstance(block_config, Sequence) or not block_config:
-            raise ValueError(f"DenseNet expected block_config to be a non-empty sequence of positive ints, "
-                             f"got {block_config!r}")
-        for value in block_config:
-            _positive_int(value, "every entry of block_config")
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"DenseNet expected drop_rate in [0, 1), got {drop_rate!r}")
-        if not 0.0 < compression <= 1.0:
-            raise ValueError(f"DenseNet expected compression (theta) in (0, 1], got {compression!r}")
-        if stem_stride != 1 and not small_inputs:
-            raise ValueError(f"DenseNet: stem_stride applies to the small_inputs stem only (the ImageNet stem has "
-                             f"stride 2 and a max-pool), got stem_stride={stem_stride} with small_inputs=False")
+        _check_densenet_arguments(growth_rate, block_config, num_init_features, bn_size, drop_rate, num_classes,
+                                  in_channels, small_inputs, stem_stride, compression)
         self.in_channels = in_channels
         if small_inputs:
             stem = [("conv0", Conv2d(in_channels, num_init_features, kernel_size=3, stride=stem_stride, padding=1,
