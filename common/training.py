@@ -234,7 +234,8 @@ def warmup_cosine(share: float, warmup: float = 0.05) -> float:
 def train_for(model: nn.Module, train_loader: Iterable, *, seconds: Optional[float] = None,
               steps: Optional[int] = None, lr: float = 2e-3, weight_decay: float = 0.05, warmup: float = 0.05,
               label_smoothing: float = 0.1, no_decay: tuple = (), val_loader: Optional[Iterable] = None,
-              device: Optional[torch.device] = None, desc: str = "", verbose: bool = True) -> History:
+              device: Optional[torch.device] = None, desc: str = "", verbose: bool = True,
+              criterion: Optional[Callable] = None) -> History:
     """AdamW for ``seconds`` of wall-clock time or for ``steps`` optimizer steps (exactly one of the two).
 
     The learning rate follows :func:`warmup_cosine` in the share of the budget used (elapsed time or steps), so
@@ -245,6 +246,10 @@ def train_for(model: nn.Module, train_loader: Iterable, *, seconds: Optional[flo
     ends), validated on ``val_loader`` after each; ``history.steps`` is the number of steps taken. A time
     budget is the fair currency between models of different cost on one machine; a step budget is the
     reproducible one (the same steps on any machine).
+
+    ``criterion(output, x, y) -> loss`` replaces the cross-entropy (``label_smoothing`` is then unused): for
+    losses that need more than the logits, such as distillation from a teacher that sees ``x``. A model may
+    return a tuple of logits in training (DeiT's two heads); the training accuracy is then that of their mean.
     """
     if (seconds is None) == (steps is None):
         raise ValueError(f"train_for needs exactly one budget: seconds=... or steps=..., got seconds={seconds}, "
@@ -268,8 +273,12 @@ def train_for(model: nn.Module, train_loader: Iterable, *, seconds: Optional[flo
                 break
             for group in optimizer.param_groups:
                 group["lr"] = lr * warmup_cosine(share, warmup)
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            output = model(x)
+            logits = output if isinstance(output, torch.Tensor) else sum(output) / len(output)
+            if criterion is None:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            else:
+                loss = criterion(output, x, y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} after {steps_done} steps; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)

@@ -159,3 +159,32 @@ def test_train_for_time_budget_and_errors():
         train_for(model, _toy())
     with pytest.raises(ValueError, match="positive"):
         train_for(model, _toy(), steps=0)
+
+
+def test_train_for_criterion_replaces_the_loss_and_sees_the_input():
+    from common.training import train_for
+
+    class TwoHeads(torch.nn.Module):                 # training output: a pair of logits, as DeiT's
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.a(x), self.b(x)
+
+    seen = []
+
+    def criterion(output, x, y):
+        seen.append((len(output), x.shape[1]))
+        return sum(nn.functional.cross_entropy(logits, y) for logits in output)
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    history = train_for(model, _toy(), steps=12, lr=0.1, criterion=criterion, device=torch.device("cpu"))
+    assert seen == [(2, 4)] * 12 and history.steps == 12
+    assert 0.0 <= history.train_acc[-1] <= 1.0          # accuracy of the heads' mean
+    # the same run with the default loss and no smoothing is a different run: the criterion was really used
+    torch.manual_seed(0)
+    single = torch.nn.Linear(4, 2)
+    plain = train_for(single, _toy(), steps=12, lr=0.1, label_smoothing=0.0, device=torch.device("cpu"))
+    assert plain.train_loss != history.train_loss
