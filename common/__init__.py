@@ -17,6 +17,7 @@ Hand-written helpers (import what you use)::
 * ``evaluate`` - ``python -m common.evaluate CHECKPOINT``: test accuracy, per class, confusion matrix, throughput
 * ``recipes``  - the notebooks' training configurations, in one place
 * ``distributed`` - DistributedDataParallel set-up and the rank-sharded in-memory loader
+* ``probe``    - frozen features: weighted kNN (cosine, k=20, T=0.07) and a linear probe with its decay chosen on val
 
 Exported from the notebooks (generated, do not edit): ``common.nn``
 (components with torch.nn's names), ``common.nn.functional`` and
