@@ -101,12 +101,12 @@ _DENSENET = {
     "weight_decay": 5e-5, "schedule": "onecycle", "label_smoothing": 0.1, "train_split": "train",
 }
 _EFFICIENTNET = {
-    "notebook": "stage3_resnets/04_efficientnet", "label": "EfficientNet (small)", "notebook_accuracy": 0.8771,
+    "notebook": "stage3_resnets/04_efficientnet", "label": "EfficientNet (small)", "notebook_accuracy": 0.8851,
     "model": "efficientnet_b0",
     "model_args": {"in_channels": 1, "stem_stride": 2, "width_mult": 0.25, "depth_mult": 0.5, "num_classes": 10,
-                   "dropout": 0.1, "stochastic_depth_prob": 0.1},
-    "epochs": 3, "batch_size": 64, "optimizer": "adamw", "lr": 2e-2, "weight_decay": 0.05,
-    "schedule": "onecycle", "train_split": "trainval",
+                   "dropout": 0.1, "stochastic_depth_prob": 0.1, "stage_strides": [1, 2, 2, 1, 1, 1, 1]},
+    "epochs": 3, "batch_size": 256, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.05,
+    "schedule": "onecycle", "train_split": "train",
 }
 
 #: recipe name -> configuration (plus ``notebook``, ``label`` and ``notebook_accuracy``, the test

@@ -4,7 +4,9 @@ Every constructor, with non-default arguments: torchvision's state_dict loads st
 logits (float64, eval, 1x3x64x64). B5-B7's BatchNorm (eps 1e-3, momentum 0.01), the dropout and the per-block
 stochastic depth probabilities are torchvision's. A small configuration matches in training mode too (outputs,
 BatchNorm buffers, input and parameter gradients), with stochastic depth off and, since both draw the same
-masks, on. The rounding rules, the initialisation and the error messages are tested as well.
+masks, on, with dropout on as well. ``stage_strides`` (other strides per stage, for small images) matches
+torchvision's classes built with the same strides. The rounding rules, the initialisation and the error messages
+are tested as well.
 """
 import gc
 import math
@@ -22,6 +24,7 @@ from common.models import (EfficientNet, MBConv, MBConvConfig, SqueezeExcitation
                            efficientnet_b6, efficientnet_b7, efficientnet_config)
 from common.models.efficientnet import _make_divisible, scaling_params
 from common.nn import BatchNorm2d
+from _weights import randomize_
 
 CONSTRUCTORS = {f.__name__: f for f in (efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3,
                                         efficientnet_b4, efficientnet_b5, efficientnet_b6, efficientnet_b7)}
@@ -29,21 +32,6 @@ CONSTRUCTORS = {f.__name__: f for f in (efficientnet_b0, efficientnet_b1, effici
 NUM_PARAMS = {"efficientnet_b0": 5_288_548, "efficientnet_b1": 7_794_184, "efficientnet_b2": 9_109_994,
               "efficientnet_b3": 12_233_232, "efficientnet_b4": 19_341_616, "efficientnet_b5": 30_389_784,
               "efficientnet_b6": 43_040_704, "efficientnet_b7": 66_347_960}
-
-
-def _randomize(model: nn.Module, generator: torch.Generator) -> None:
-    """He-scaled uniform weights, random biases, BatchNorm affine parameters and statistics."""
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(3)
-            elif name.endswith("running_var"):
-                tensor.uniform_(0.5, 1.5, generator=generator)
-            elif tensor.dim() > 1:
-                bound = (6.0 / tensor[0].numel()) ** 0.5          # variance 2 / fan_in
-                tensor.uniform_(-bound, bound, generator=generator)
-            else:
-                tensor.uniform_(-0.2, 0.2, generator=generator)
 
 
 def _norm_kwargs(name):
@@ -62,7 +50,7 @@ def test_torchvision_state_dict_loads_and_gives_the_same_logits(name):
         reference = getattr(torchvision.models, name)(**kwargs, **their_norm)
         ours = CONSTRUCTORS[name](**kwargs, **ours_norm)
     reference = reference.to(torch.float64).to_empty(device="cpu")
-    _randomize(reference, torch.Generator().manual_seed(0))
+    randomize_(reference, torch.Generator().manual_seed(0))
     # strict load (same keys, order and shapes), then the same eval-mode logits in float64
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert_same_logits(ours, reference, x, min_scale=1e-2)
@@ -113,10 +101,14 @@ def test_rounding_rules_match_torchvision():
                 b.expand_ratio, b.kernel, b.stride, b.input_channels, b.out_channels, b.num_layers)
 
 
-def _torchvision_small(width, depth, in_channels=3, stem_stride=2, num_classes=10):
-    """torchvision's EfficientNet (torch.nn layers) of the same small configuration, stem adapted by hand."""
+def _torchvision_small(width, depth, in_channels=3, stem_stride=2, num_classes=10, stage_strides=None,
+                       dropout=0.0, stochastic_depth_prob=0.0):
+    """torchvision's EfficientNet (torch.nn layers) of the same small configuration, stem and strides set by hand."""
     setting, _ = tv_efficientnet._efficientnet_conf("efficientnet_b0", width_mult=width, depth_mult=depth)
-    reference = tv_efficientnet.EfficientNet(setting, dropout=0.0, stochastic_depth_prob=0.0, num_classes=num_classes)
+    for cnf, stride in zip(setting, stage_strides or [cnf.stride for cnf in setting]):
+        cnf.stride = stride
+    reference = tv_efficientnet.EfficientNet(setting, dropout=dropout, stochastic_depth_prob=stochastic_depth_prob,
+                                             num_classes=num_classes)
     stem = reference.features[0]
     stem[0] = nn.Conv2d(in_channels, stem[0].out_channels, 3, stem_stride, 1, bias=False)
     return reference
@@ -128,7 +120,7 @@ def test_small_configuration_matches_in_train_and_eval(in_channels, stem_stride,
     ours = efficientnet_b0(width_mult=0.25, depth_mult=0.34, in_channels=in_channels, stem_stride=stem_stride,
                            num_classes=10, dropout=0.0, stochastic_depth_prob=0.0).double()
     reference = _torchvision_small(0.25, 0.34, in_channels, stem_stride).double()
-    _randomize(reference, torch.Generator().manual_seed(2))
+    randomize_(reference, torch.Generator().manual_seed(2))
     x = torch.randn(4, in_channels, size, size, dtype=torch.float64)
     report = assert_same_module(ours, reference, x, train=True, rtol=1e-9, atol=1e-10)
     names = [row[0] for row in report.rows]
@@ -138,13 +130,15 @@ def test_small_configuration_matches_in_train_and_eval(in_channels, stem_stride,
     assert len(report.rows) > 50
 
 
-def test_stochastic_depth_in_training_draws_the_same_masks_as_torchvision():
-    ours = efficientnet_b0(width_mult=0.25, depth_mult=0.5, num_classes=10, dropout=0.0,
+def test_stochastic_depth_and_dropout_in_training_draw_the_same_masks_as_torchvision():
+    """Train mode with both random layers on: same seed, same masks, same outputs, buffers and gradients.
+
+    Our Dropout and stochastic depth draw with torch's calls (bernoulli_ on a tensor shaped like the input);
+    bernoulli_ fills in memory order, and the classifier's input is a contiguous (N, C) tensor in both models."""
+    ours = efficientnet_b0(width_mult=0.25, depth_mult=0.5, num_classes=10, dropout=0.5,
                            stochastic_depth_prob=0.8).double()
-    reference = tv_efficientnet.EfficientNet(
-        tv_efficientnet._efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.5)[0],
-        dropout=0.0, stochastic_depth_prob=0.8, num_classes=10).double()
-    _randomize(reference, torch.Generator().manual_seed(3))
+    reference = _torchvision_small(0.25, 0.5, dropout=0.5, stochastic_depth_prob=0.8).double()
+    randomize_(reference, torch.Generator().manual_seed(3))
     x = torch.randn(16, 3, 32, 32, dtype=torch.float64)
     assert_same_module(ours, reference, x, train=True, rtol=1e-9, atol=1e-10)
     # and the masks matter: another seed for ours alone gives other logits
@@ -153,6 +147,43 @@ def test_stochastic_depth_in_training_draws_the_same_masks_as_torchvision():
     first = ours(x)
     torch.manual_seed(1)
     assert not torch.allclose(first, ours(x))
+    # dropout alone (no stochastic depth) at a 2x2 head, where the head's layout could differ
+    ours = efficientnet_b0(width_mult=0.25, depth_mult=0.34, num_classes=10, dropout=0.3,
+                           stochastic_depth_prob=0.0).double()
+    reference = _torchvision_small(0.25, 0.34, dropout=0.3).double()
+    randomize_(reference, torch.Generator().manual_seed(4))
+    assert_same_module(ours, reference, torch.randn(4, 3, 64, 64, dtype=torch.float64), train=True,
+                       rtol=1e-9, atol=1e-10)
+
+
+def test_stage_strides():
+    """Default: Table 1's strides (torchvision's model); other strides: torchvision's classes with the same strides."""
+    assert [cnf.stride for cnf in efficientnet_config()] == [1, 2, 2, 2, 1, 2, 1]
+    assert repr(efficientnet_config(0.5, 0.5, (1, 2, 2, 2, 1, 2, 1))) == repr(efficientnet_config(0.5, 0.5))
+    strides = (1, 2, 2, 1, 1, 1, 1)
+    ours = efficientnet_b0(width_mult=0.25, depth_mult=0.5, in_channels=1, stem_stride=2, stage_strides=strides,
+                           num_classes=10, dropout=0.2, stochastic_depth_prob=0.3).double()
+    assert [cnf.stride for cnf in efficientnet_config(stage_strides=strides)] == list(strides)
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    sides = []
+    with torch.no_grad():
+        h = x
+        for layer in ours.eval().features:
+            h = layer(h)
+            sides.append(h.shape[-1])
+    assert sides == [14, 14, 7, 4, 4, 4, 4, 4, 4]                        # stem, 7 stages, head
+    reference = _torchvision_small(0.25, 0.5, in_channels=1, stem_stride=2, stage_strides=strides, dropout=0.2,
+                                   stochastic_depth_prob=0.3).double()
+    randomize_(reference, torch.Generator().manual_seed(5))
+    assert_same_module(ours, reference, x, train=True, rtol=1e-9, atol=1e-10)
+    assert_same_module(ours, reference, x, train=False, rtol=1e-9, atol=1e-10)
+    with torch.device("meta"):                                           # any constructor takes them
+        b3 = efficientnet_b3(stage_strides=(2, 2, 2, 2, 1, 2, 1))
+    assert b3.features[1][0].block[0][0].stride == (2, 2)
+    for bad in ((1, 2, 2), (1, 2, 3, 2, 1, 2, 1), "1221121", (1, 2, 2, 2, 1, 2, True), 7):
+        with pytest.raises(ValueError, match=r"stage_strides to be 7 strides, one per stage of B0, each 1 or 2 "
+                                             r"\(B0's are \(1, 2, 2, 2, 1, 2, 1\)\)"):
+            efficientnet_b0(stage_strides=bad)
 
 
 def test_init_follows_torchvision():

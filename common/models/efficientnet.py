@@ -321,7 +321,7 @@ _B0_STAGES: List[Tuple[int, int, int, int, int, int]] = [
 
 # The released coefficients of the reference implementation (and torchvision's constructors):
 # name -> (width_mult, depth_mult, resolution, dropout). B1-B7 are B0 scaled by compound scaling,
-# with the coefficients rounded by hand (section 2 compares them with alpha^phi, beta^phi, gamma^phi).
+# with the coefficients rounded by hand (section 8 compares them with alpha^phi, beta^phi, gamma^phi).
 scaling_params: Dict[str, Tuple[float, float, int, float]] = {
     "efficientnet_b0": (1.0, 1.0, 224, 0.2),
     "efficientnet_b1": (1.0, 1.1, 240, 0.2),
@@ -334,9 +334,25 @@ scaling_params: Dict[str, Tuple[float, float, int, float]] = {
 }
 
 
-def efficientnet_config(width_mult: float = 1.0, depth_mult: float = 1.0) -> List[MBConvConfig]:
-    """B0's seven stages with every channel count scaled by ``width_mult`` and every block count by ``depth_mult``."""
-    return [MBConvConfig(*stage, width_mult=width_mult, depth_mult=depth_mult) for stage in _B0_STAGES]
+def _check_stage_strides(stage_strides) -> List[int]:
+    b0 = tuple(stage[2] for stage in _B0_STAGES)
+    if (isinstance(stage_strides, (str, bytes)) or not isinstance(stage_strides, Sequence)
+            or len(stage_strides) != len(_B0_STAGES)
+            or any(isinstance(s, bool) or s not in (1, 2) for s in stage_strides)):
+        raise ValueError(f"efficientnet_config expected stage_strides to be {len(_B0_STAGES)} strides, one per stage "
+                         f"of B0, each 1 or 2 (B0's are {b0}), got {stage_strides!r}")
+    return [int(s) for s in stage_strides]
+
+
+def efficientnet_config(width_mult: float = 1.0, depth_mult: float = 1.0,
+                        stage_strides: Optional[Sequence[int]] = None) -> List[MBConvConfig]:
+    """B0's seven stages with every channel count scaled by ``width_mult`` and every block count by ``depth_mult``.
+
+    ``stage_strides`` (seven 1s and 2s) replaces the stride of each stage's first block; ``None`` keeps Table 1's
+    (1, 2, 2, 2, 1, 2, 1), torchvision's. Small images need fewer 2s (section 9: 28x28 Fashion-MNIST)."""
+    strides = [stage[2] for stage in _B0_STAGES] if stage_strides is None else _check_stage_strides(stage_strides)
+    return [MBConvConfig(ratio, kernel, stride, c_in, c_out, blocks, width_mult=width_mult, depth_mult=depth_mult)
+            for (ratio, kernel, _, c_in, c_out, blocks), stride in zip(_B0_STAGES, strides)]
 
 
 def _efficientnet(arch: str, weights, progress: bool, **kwargs) -> EfficientNet:
@@ -346,8 +362,8 @@ def _efficientnet(arch: str, weights, progress: bool, **kwargs) -> EfficientNet:
     ``stochastic_depth_prob=0.2``, ``norm_layer`` (BatchNorm2d; B5-B7 fix BatchNorm2d(eps=1e-3, momentum=0.01),
     as torchvision does, and refuse another). ``weights`` must be None: nothing is downloaded here (load a
     state_dict instead, e.g. a torchvision model's); ``progress`` is ignored. Beyond torchvision:
-    ``width_mult`` and ``depth_mult`` (the table's by default) and EfficientNet's ``in_channels`` and
-    ``stem_stride``, to build a smaller model of the same family.
+    ``width_mult`` and ``depth_mult`` (the table's by default), ``stage_strides`` (see ``efficientnet_config``)
+    and EfficientNet's ``in_channels`` and ``stem_stride``, to build a smaller model of the same family.
     """
     if weights is not None:
         raise ValueError(f"weights={weights!r}: common.models builds randomly initialised models only "
@@ -355,13 +371,14 @@ def _efficientnet(arch: str, weights, progress: bool, **kwargs) -> EfficientNet:
     width_mult, depth_mult, _, dropout = scaling_params[arch]
     width_mult = kwargs.pop("width_mult", width_mult)
     depth_mult = kwargs.pop("depth_mult", depth_mult)
+    stage_strides = kwargs.pop("stage_strides", None)
     dropout = kwargs.pop("dropout", dropout)
     if arch in ("efficientnet_b5", "efficientnet_b6", "efficientnet_b7"):
         if "norm_layer" in kwargs:
             raise ValueError(f"{arch} fixes norm_layer to BatchNorm2d(eps=1e-3, momentum=0.01), as torchvision "
                              f"does; got norm_layer={kwargs['norm_layer']!r}")
         kwargs["norm_layer"] = partial(BatchNorm2d, eps=0.001, momentum=0.01)
-    return EfficientNet(efficientnet_config(width_mult, depth_mult), dropout, **kwargs)
+    return EfficientNet(efficientnet_config(width_mult, depth_mult, stage_strides), dropout, **kwargs)
 
 
 def efficientnet_b0(*, weights=None, progress: bool = True, **kwargs) -> EfficientNet:
