@@ -20,6 +20,7 @@ from torch import nn
 from common.checks import assert_same_logits, assert_same_module
 from common.models import (DenseBlock, DenseLayer, DenseNet, Transition, convert_legacy_state_dict, densenet121,
                            densenet161, densenet169, densenet201)
+from _weights import randomize_
 
 CONSTRUCTORS = {f.__name__: f for f in (densenet121, densenet161, densenet169, densenet201)}
 BLOCKS = {"densenet121": (6, 12, 24, 16), "densenet161": (6, 12, 36, 24), "densenet169": (6, 12, 32, 32),
@@ -28,19 +29,8 @@ OUR_CLASSES = (DenseNet, DenseBlock, DenseLayer, Transition)
 
 
 def _randomize(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    """He-scaled uniform weights, random BatchNorm scales, shifts and statistics: every tensor matters."""
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(5)
-            elif name.endswith("running_var") or (tensor.dim() == 1 and name.endswith(".weight")):
-                tensor.uniform_(0.5, 1.5, generator=generator)
-            elif tensor.dim() > 1:
-                bound = math.sqrt(6.0 / tensor[0].numel())
-                tensor.uniform_(-bound, bound, generator=generator)
-            else:
-                tensor.uniform_(-0.2, 0.2, generator=generator)
-    return model
+    """Every tensor random, norm scales in [0.5, 1.5]; 5 batches tracked (a test counts on it)."""
+    return randomize_(model, generator, norm_weights=(0.5, 1.5), batches_tracked=5)
 
 
 @pytest.mark.parametrize("name", list(CONSTRUCTORS))

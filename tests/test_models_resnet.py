@@ -22,6 +22,7 @@ from common.models import (BasicBlock, Bottleneck, ResNet, conv1x1, conv3x3, res
                            resnet101, resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d,
                            wide_resnet50_2, wide_resnet101_2)
 from common.nn import GroupNorm
+from _weights import randomize_
 
 CONSTRUCTORS = {f.__name__: f for f in (resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
                                         resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2)}
@@ -45,32 +46,14 @@ ARGUMENTS = {
 }
 
 
-def _randomize(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    """He-scaled uniform weights, random norm scales (below 1, so 50 additions keep the logits O(1)), shifts and
-    running statistics, so that every tensor matters."""
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(3)
-            elif name.endswith("running_var"):
-                tensor.uniform_(0.5, 1.5, generator=generator)
-            elif tensor.dim() > 1:
-                bound = (6.0 / tensor[0].numel()) ** 0.5
-                tensor.uniform_(-bound, bound, generator=generator)
-            elif name.endswith("weight"):
-                tensor.uniform_(0.2, 0.6, generator=generator)
-            else:
-                tensor.uniform_(-0.2, 0.2, generator=generator)
-    return model
-
-
 @pytest.mark.parametrize("name", list(CONSTRUCTORS))
 def test_torchvision_state_dict_loads_and_gives_the_same_logits(name):
     ours_kwargs, their_kwargs = ARGUMENTS[name]
     with torch.device("meta"):
         reference = getattr(torchvision.models, name)(**their_kwargs)
         ours = CONSTRUCTORS[name](**ours_kwargs)
-    reference = _randomize(reference.to(torch.float64).to_empty(device="cpu"), torch.Generator().manual_seed(0))
+    reference = randomize_(reference.to(torch.float64).to_empty(device="cpu"), torch.Generator().manual_seed(0),
+                           norm_weights=(0.2, 0.6))         # norm scales below 1: 50 additions keep logits O(1)
     # strict load (same keys, order and shapes), then the same eval-mode logits in float64
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert_same_logits(ours, reference, x, min_scale=1e-2)
@@ -133,7 +116,7 @@ def test_small_configurations_match_in_train_and_eval(block, kwargs, train):
     torch.manual_seed(0)
     ours = ResNet(ours_block, [1, 1, 1, 1], num_classes=10, **kwargs).double()
     reference = tv_resnet.ResNet(their_block, [1, 1, 1, 1], num_classes=10, **kwargs).double()
-    _randomize(reference, torch.Generator().manual_seed(2))
+    randomize_(reference, torch.Generator().manual_seed(2), norm_weights=(0.2, 0.6))
     x = torch.randn(4, 3, 64, 64, dtype=torch.float64)   # layer4 sees 2x2 maps: 16 values per channel for BatchNorm
     report = assert_same_module(ours, reference, x, train=train, rtol=1e-9, atol=1e-10)
     assert any(row[0] == "grad conv1.weight" for row in report.rows)
@@ -167,7 +150,7 @@ def test_fashion_mnist_variant_matches_torchvision_make_layer(block, layers, wid
                               (Bottleneck, tv_resnet.Bottleneck)
     ours = ResNet(ours_block, layers, num_classes=10, in_channels=1, stem="small", widths=widths, **kwargs).double()
     reference = _torchvision_small(their_block, layers, widths, **kwargs).double()
-    _randomize(reference, torch.Generator().manual_seed(3))
+    randomize_(reference, torch.Generator().manual_seed(3), norm_weights=(0.2, 0.6))
     x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
     report = assert_same_module(ours, reference, x, train=train, rtol=1e-9, atol=1e-10)
     assert len(report.rows) > 20

@@ -30,6 +30,7 @@ from common.models import (ConvStemConfig, VisionTransformer, interpolate_embedd
                            vit_h_14, vit_l_16, vit_l_32)
 from common.models.vit import _cubic_weights, _resize_matrix
 from common.nn import LayerNorm
+from _weights import randomize_
 
 CONSTRUCTORS = {f.__name__: f for f in (vit_b_16, vit_b_32, vit_l_16, vit_l_32, vit_h_14)}
 
@@ -46,21 +47,8 @@ ARGUMENTS = {
 
 
 def _randomize(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    """He-scaled uniform matrices, norm scales in [0.5, 1.5], small random biases: every tensor matters."""
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(3)
-            elif name.endswith("running_var"):
-                tensor.uniform_(0.5, 1.5, generator=generator)
-            elif tensor.dim() > 1:
-                bound = (6.0 / tensor.shape[-1]) ** 0.5 if tensor.dim() == 2 else (6.0 / tensor[0].numel()) ** 0.5
-                tensor.uniform_(-bound, bound, generator=generator)
-            elif name.endswith("weight"):
-                tensor.uniform_(0.5, 1.5, generator=generator)
-            else:
-                tensor.uniform_(-0.2, 0.2, generator=generator)
-    return model
+    """Every tensor random, norm scales in [0.5, 1.5]."""
+    return randomize_(model, generator, norm_weights=(0.5, 1.5))
 
 
 def _materialised(reference: nn.Module, seed: int = 0) -> nn.Module:
