@@ -1,14 +1,19 @@
-"""Self-supervised pretraining from the command line: SimCLR (5.2) or MoCo v2 (5.3), then kNN and a linear probe.
+"""Self-supervised pretraining from the command line: MAE (5.1), SimCLR (5.2) or MoCo v2 (5.3), then kNN and a probe.
 
 Examples::
 
     python -m common.pretrain --method moco --seconds 600            # MoCo v2 as in 5.3, ten minutes
     python -m common.pretrain --method simclr --steps 2000 --out runs/simclr-long
+    python -m common.pretrain --method mae --seconds 600 --batch-size 256 --lr 1.5e-3 --weight-decay 0.05
     python -m common.results runs/                                   # the table of runs (classifiers and these)
 
-The pretraining loop is the notebooks' own: the small CNN encoder and projection head of 5.2, both views made by
-``SimCLRAugment`` on the device, AdamW with a linear warm-up (5%) and a cosine decay over the budget (wall-clock
-``--seconds`` or ``--steps``), the 55,000 ``train`` images without labels. At the end the frozen encoder is scored
+The pretraining loop is the notebooks' own: for SimCLR and MoCo the small CNN encoder and projection head of 5.2,
+both views made by ``SimCLRAugment`` on the device; for MAE the tiny MAE of 5.1 (``mae_vit_tiny_patch7``, plain-pixel
+targets, mask ratio 0.75, random flips, AdamW betas (0.9, 0.95) with no decay on biases, norms and tokens, its
+features mean- or class-token-pooled, the pooling chosen on val by kNN as in 5.1). All use AdamW with a linear
+warm-up (5%) and a cosine decay over the budget (wall-clock ``--seconds`` or ``--steps``) on the 55,000 ``train``
+images without labels. (The defaults of ``--batch-size``, ``--lr`` and ``--weight-decay`` are SimCLR's and MoCo's;
+5.1 trained MAE with 256, 1.5e-3 and 0.05.) At the end the frozen encoder is scored
 with :mod:`common.probe` exactly as in the notebooks: kNN (k = 20, cosine, T = 0.07) and a linear probe, its
 weight decay chosen on ``val``, with the first ``--bank`` train images as memory and probe training set; the test
 split is read once, after the choice. The run folder gets ``encoder.pt`` (the encoder's state_dict and the
@@ -27,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data
+from .models.mae import MAEFeatures, mae_vit_tiny_patch7
 from .models.moco import moco_small
 from .models.simclr import ConvEncoder, SimCLRAugment, nt_xent, simclr_small
 from .probe import extract_features, knn_accuracy, linear_probe, probe_accuracy
@@ -35,8 +41,8 @@ from .training import get_device, seed_everything, warmup_cosine
 
 __all__ = ["METHODS", "make_config", "run", "load_encoder", "main"]
 
-METHODS = ("simclr", "moco")
-_TEMPERATURE = {"simclr": 0.5, "moco": 0.2}          # 5.2's choice on val; MoCo v2's
+METHODS = ("mae", "simclr", "moco")
+_TEMPERATURE = {"simclr": 0.5, "moco": 0.2, "mae": None}      # 5.2's choice on val; MoCo v2's; MAE has none
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,7 +83,7 @@ def make_config(args: argparse.Namespace) -> Dict:
     if (args.seconds is not None and not args.seconds > 0) or (args.steps is not None and args.steps < 1):
         raise ConfigError(f"the budget must be positive, got --seconds {args.seconds} / --steps {args.steps}")
     for name in ("batch_size", "width", "bank"):
-        if config[name] < 1:
+        if name in config and config[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {config[name]}")
     if args.method == "simclr" and config["batch_size"] < 2:
         raise ConfigError("SimCLR needs --batch-size >= 2 (the other images of the batch are its negatives)")
@@ -89,12 +95,17 @@ def make_config(args: argparse.Namespace) -> Dict:
             raise ConfigError(f"--momentum is in [0, 1], got {config['momentum']}")
         if config["groups"] < 1 or config["batch_size"] % config["groups"]:
             raise ConfigError(f"--groups ({config['groups']}) must divide --batch-size ({config['batch_size']})")
-    if not config["temperature"] > 0:
+    if args.method == "mae":
+        config.pop("width")                                   # the tiny MAE's size is fixed (5.1)
+        config["mask_ratio"] = 0.75
+    elif not config["temperature"] > 0:
         raise ConfigError(f"--temperature must be > 0, got {config['temperature']}")
     return config
 
 
 def _model(config: Dict):
+    if config["method"] == "mae":
+        return mae_vit_tiny_patch7(norm_pix_loss=False)
     if config["method"] == "simclr":
         return simclr_small(width=config["width"])
     return moco_small(width=config["width"], queue_size=config["queue_size"], momentum=config["momentum"],
@@ -103,8 +114,15 @@ def _model(config: Dict):
 
 def _pretrain(model, config: Dict, images: torch.Tensor, device, progress: bool) -> Dict:
     augment = SimCLRAugment(mean=data.MEAN, std=data.STD)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["lr"],
-                                  weight_decay=config["weight_decay"])
+    if config["method"] == "mae":                               # 5.1: no decay on biases, norms, tokens
+        named = list(model.named_parameters())
+        exempt = {n for n, p in named if p.dim() <= 1 or n.endswith(("cls_token", "mask_token"))}
+        groups = [{"params": [p for n, p in named if n not in exempt], "weight_decay": config["weight_decay"]},
+                  {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=config["lr"], betas=(0.9, 0.95))
+    else:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["lr"],
+                                      weight_decay=config["weight_decay"])
     batch = config["batch_size"]
     loader = data.TensorLoader(images, batch_size=batch, shuffle=True, drop_last=True, seed=config["seed"])
     generator = torch.Generator(device=device).manual_seed(config["seed"])
@@ -124,11 +142,14 @@ def _pretrain(model, config: Dict, images: torch.Tensor, device, progress: bool)
             for group in optimizer.param_groups:
                 group["lr"] = config["lr"] * warmup_cosine(share, 0.05)
             x = x.to(device)
-            view_1, view_2 = augment(x, generator), augment(x, generator)              # (B, 1, 28, 28) each
-            if config["method"] == "moco":
-                loss, _ = model(view_1, view_2, generator)
+            if config["method"] == "mae":                                            # a random flip, then MAE
+                flip = torch.rand(x.shape[0], generator=generator, device=device) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                loss, _, _ = model(x, config["mask_ratio"])
+            elif config["method"] == "moco":
+                loss, _ = model(augment(x, generator), augment(x, generator), generator)
             else:
-                projections = model(torch.cat([view_1, view_2]))                         # (2B, d)
+                projections = model(torch.cat([augment(x, generator), augment(x, generator)]))   # (2B, d)
                 loss = nt_xent(projections[:batch], projections[batch:], config["temperature"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss.item()} at step {log['steps']}; lower --lr")
@@ -165,22 +186,32 @@ def run(config: Dict, *, out: Optional[Path] = None, device=None, progress: bool
     out.mkdir(parents=True, exist_ok=True)
     model = _model(config).to(device)
     log = _pretrain(model, config, train_images, device, progress)
-    encoder = model.encoder.eval()
     bank_x, bank_y = train_images[:config["bank"]], train_labels[:config["bank"]]
-    bank = extract_features(encoder, bank_x, device=device)
     (val_x, val_y), (test_x, test_y) = val.tensors, test.tensors
-    val_features = extract_features(encoder, val_x, device=device)
+    if config["method"] == "mae":                               # 5.1: the pooling of the features, chosen on val
+        pooled = {}
+        for pooling in ("mean", "cls"):
+            view = MAEFeatures(model.encoder, pooling).eval()
+            bank, val_features = (extract_features(view, x, device=device) for x in (bank_x, val_x))
+            pooled[pooling] = (knn_accuracy(bank, bank_y, val_features, val_y), view, bank, val_features)
+        config["pooling"] = max(pooled, key=lambda name: pooled[name][0])   # ties: mean
+        _, encoder, bank, val_features = pooled[config["pooling"]]
+    else:
+        encoder = model.encoder.eval()
+        bank = extract_features(encoder, bank_x, device=device)
+        val_features = extract_features(encoder, val_x, device=device)
     probe, report = linear_probe(bank, bank_y, val_features, val_y)
     scores = {"val_knn": knn_accuracy(bank, bank_y, val_features, val_y), "val_probe": report["val_accuracy"],
               "probe_weight_decay": report["weight_decay"]}
     test_features = extract_features(encoder, test_x, device=device)               # the test split, once
     scores.update(test_knn=knn_accuracy(bank, bank_y, test_features, test_y),
                   test_probe=probe_accuracy(probe, test_features, test_y))
-    torch.save({"format": "common.pretrain encoder", "config": config, "encoder": encoder.state_dict()},
+    torch.save({"format": "common.pretrain encoder", "config": config, "encoder": model.encoder.state_dict()},
                out / "encoder.pt")
     passes = log["steps"] * config["batch_size"] / train_images.shape[0]
     summary = {
-        "config": {**config, "model": f"{config['method']} ConvEncoder(width={config['width']})",
+        "config": {**config, "model": ("mae_vit_tiny_patch7 encoder" if config["method"] == "mae"
+                                       else f"{config['method']} ConvEncoder(width={config['width']})"),
                    "epochs": f"{passes:.2f} passes"},
         "kind": "pretrain", "status": "finished", "epochs_done": f"{log['steps']} steps",
         "history": {"train_loss": log["pass_loss"], "pass_seconds": log["pass_seconds"]},
@@ -193,8 +224,9 @@ def run(config: Dict, *, out: Optional[Path] = None, device=None, progress: bool
     return summary
 
 
-def load_encoder(path) -> ConvEncoder:
-    """The pretrained ConvEncoder of a run's ``encoder.pt``; a clear error for any other file."""
+def load_encoder(path):
+    """The pretrained encoder of a run's ``encoder.pt``, in eval mode: the ``ConvEncoder`` (SimCLR, MoCo), or for
+    MAE the ``MAEFeatures`` view (images -> pooled features, the pooling chosen on val); a clear error otherwise."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (a run folder of python -m common.pretrain has encoder.pt)")
@@ -204,6 +236,10 @@ def load_encoder(path) -> ConvEncoder:
         raise ValueError(f"{path} is not an encoder checkpoint of python -m common.pretrain ({error})") from None
     if not isinstance(state, dict) or state.get("format") != "common.pretrain encoder":
         raise ValueError(f"{path} is not an encoder checkpoint of python -m common.pretrain")
+    if state["config"]["method"] == "mae":
+        encoder = mae_vit_tiny_patch7().encoder
+        encoder.load_state_dict(state["encoder"])
+        return MAEFeatures(encoder, state["config"]["pooling"]).eval()
     encoder = ConvEncoder(state["config"]["width"])
     encoder.load_state_dict(state["encoder"])
     return encoder.eval()

@@ -1,4 +1,4 @@
-"""python -m common.pretrain: a tiny SimCLR and MoCo run end to end (results.json, encoder.pt loadable with
+"""python -m common.pretrain: a tiny MAE, SimCLR and MoCo run end to end (results.json, encoder.pt loadable with
 weights_only and equal to the scored encoder, listed by common.results), determinism per seed, and clear errors."""
 import json
 
@@ -70,3 +70,14 @@ def test_load_encoder_refuses_other_files(tmp_path):
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an encoder checkpoint"):
         pretrain.load_encoder(tmp_path / "other.pt")
+
+
+def test_tiny_mae_run_chooses_a_pooling_and_reloads(tmp_path):
+    out = tmp_path / "mae"
+    summary = pretrain.main(["--method", "mae", "--out", str(out)] + TINY)
+    assert summary["config"]["pooling"] in ("mean", "cls") and summary["config"]["mask_ratio"] == 0.75
+    features = pretrain.load_encoder(out / "encoder.pt")
+    x = torch.randn(5, 1, 28, 28)
+    assert extract_features(features, x).shape == (5, 128)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["model"] == "mae_vit_tiny_patch7 encoder" and 0 <= saved["test_acc"] <= 1
