@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from common import pretrain, results
-from common.probe import extract_features
+from common import data, pretrain, results
+from common.probe import extract_features, knn_accuracy
 
 TINY = ["--steps", "3", "--batch-size", "16", "--train-limit", "256", "--val-limit", "64", "--test-limit", "64",
         "--bank", "128", "--width", "4", "--quiet"]
@@ -26,6 +26,12 @@ def test_tiny_run_writes_a_loadable_encoder_and_results(tmp_path, method, extra,
     state = torch.load(out / "encoder.pt", weights_only=True)
     assert state["config"]["width"] == 4 and set(encoder.state_dict()) == set(state["encoder"])
     assert extract_features(encoder, torch.randn(5, 1, 28, 28)).shape == (5, 16)
+    # the saved encoder is the one that was scored: its test kNN, recomputed from the file, is the reported one
+    train, _, test = data.loaders(batch_size=16, val=True, train_limit=256, val_limit=64, test_limit=64)
+    (bank_x, bank_y), (test_x, test_y) = train.tensors, test.tensors
+    recomputed = knn_accuracy(extract_features(encoder, bank_x[:128]), bank_y[:128], extract_features(encoder, test_x),
+                              test_y)
+    assert recomputed == saved["scores"]["test_knn"]
     assert "test probe" in capsys.readouterr().out
     table = results.runs_table(results.read_runs(tmp_path))
     assert method in table and "finished" in table
