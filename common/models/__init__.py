@@ -15,3 +15,4 @@ from .mae import MAEPatchEmbed, MAEEncoder, MaskedAutoencoderViT, MAEFeatures, M
 from .simclr import SimCLRAugment, ConvEncoder, ProjectionHead, SimCLR, affine_grid, grid_sample, hflip, crop_rotate_matrices, adjust_brightness_contrast, erase, nt_xent, simclr_small  # stage5_selfsupervised/02_simclr.ipynb
 from .moco import KeyQueue, MoCo, momentum_update_, info_nce, encode_in_groups, moco_small  # stage5_selfsupervised/03_moco.ipynb
 from .convnext import CNBlock, CNBlockConfig, ConvNeXt, RoadmapBlock, RoadmapNet, convnext_block_setting, convnext_tiny, convnext_small, convnext_base, convnext_large  # stage6_frontier/01_convnext.ipynb
+from .clip import CLIPVisionCfg, CLIPTextCfg, QuickGELU, LayerScale, PatchDropout, ResidualAttentionBlock, Transformer, CLIPVisionTransformer, CLIPTextTransformer, CLIP, ClipLoss, causal_mask, text_global_pool, l2_normalize, clip_loss, clamp_logit_scale_, clip_tiny, zero_shot_classifier, recall_at_k  # stage6_frontier/02_clip.ipynb
