@@ -14,7 +14,7 @@ Hand-written helpers (import what you use)::
 * ``results``  - one ``result:`` line per trained model; ``collect()`` gathers them from stored notebooks
 * ``complexity`` - parameter and multiply-accumulate counts
 * ``train``    - ``python -m common.train``: any classifier or a notebook's recipe, checkpoints, exact resume, torchrun
-* ``pretrain`` - ``python -m common.pretrain``: MAE, SimCLR or MoCo v2 pretraining (5.1-5.3), then kNN and linear probe
+* ``pretrain`` - ``python -m common.pretrain``: MAE, SimCLR, MoCo v2 (5.1-5.3) or CLIP (6.2), then their scores
 * ``captions`` - captioned Fashion-MNIST (stage 6): captions true of their images, held-out combinations,
   a word tokenizer and zero-shot prompts
 * ``evaluate`` - ``python -m common.evaluate CHECKPOINT``: test accuracy, per class, confusion matrix, throughput

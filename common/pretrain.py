@@ -1,10 +1,11 @@
-"""Self-supervised pretraining from the command line: MAE (5.1), SimCLR (5.2) or MoCo v2 (5.3), then kNN and a probe.
+"""Pretraining from the command line: MAE (5.1), SimCLR (5.2), MoCo v2 (5.3) or CLIP (6.2), then scores.
 
 Examples::
 
     python -m common.pretrain --method moco --seconds 600            # MoCo v2 as in 5.3, ten minutes
     python -m common.pretrain --method simclr --steps 2000 --out runs/simclr-long
     python -m common.pretrain --method mae --seconds 600 --batch-size 256 --lr 1.5e-3 --weight-decay 0.05
+    python -m common.pretrain --method clip --seconds 900                 # 6.2's small CLIP, fifteen minutes
     python -m common.results runs/                                   # the table of runs (classifiers and these)
 
 The pretraining loop is the notebooks' own: for SimCLR and MoCo the small CNN encoder and projection head of 5.2,
@@ -19,6 +20,13 @@ weight decay chosen on ``val``, with the first ``--bank`` train images as memory
 split is read once, after the choice. The run folder gets ``encoder.pt`` (the encoder's state_dict and the
 configuration, loadable with ``torch.load(..., weights_only=True)``) and ``results.json`` (configuration, commit,
 torch version, hardware, loss per pass, val and test scores, wall time).
+
+CLIP trains 6.2's ``clip_tiny`` on captioned Fashion-MNIST (:mod:`common.captions`, the ``train`` split's pairs)
+with 6.2's recipe (AdamW betas (0.9, 0.98), eps 1e-6, decay on matrices only, the learned temperature clamped at
+100; ``--lr`` 1e-3 and ``--weight-decay`` 0.1 by default for this method). It is scored as in 6.2: zero-shot
+classification with the prompt set and rule (mean of unit vectors, or probabilities summed per class) chosen on
+``val``, retrieval of the held-out captions (text to image and image to text, R@1/5/10) and a linear probe of the
+image features; ``encoder.pt`` holds the whole CLIP, and :func:`load_encoder` gives it back.
 """
 from __future__ import annotations
 
@@ -31,7 +39,8 @@ from typing import Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from . import data
+from . import captions, data
+from .models.clip import CLIP, clamp_logit_scale_, clip_loss, clip_tiny, l2_normalize, recall_at_k, zero_shot_classifier
 from .models.mae import MAEFeatures, mae_vit_tiny_patch7
 from .models.moco import moco_small
 from .models.simclr import ConvEncoder, SimCLRAugment, nt_xent, simclr_small
@@ -41,8 +50,10 @@ from .training import get_device, seed_everything, warmup_cosine
 
 __all__ = ["METHODS", "make_config", "run", "load_encoder", "main"]
 
-METHODS = ("mae", "simclr", "moco")
-_TEMPERATURE = {"simclr": 0.5, "moco": 0.2, "mae": None}      # 5.2's choice on val; MoCo v2's; MAE has none
+METHODS = ("mae", "simclr", "moco", "clip")
+_TEMPERATURE = {"simclr": 0.5, "moco": 0.2, "mae": None, "clip": None}   # 5.2's; MoCo v2's; MAE none; CLIP learns it
+_LR = {"clip": 1e-3}                                          # 6.2's; the others default to 5.2's 5e-3
+_WEIGHT_DECAY = {"clip": 0.1}                                 # 6.2's; the others default to 5.2's 1e-4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--seconds", type=float, help="wall-clock budget of the pretraining")
     budget.add_argument("--steps", type=int, help="optimizer steps of the pretraining")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step (two views each)")
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=None, help="default 5e-3 (CLIP: 1e-3)")
+    parser.add_argument("--weight-decay", type=float, default=None, help="default 1e-4 (CLIP: 0.1)")
     parser.add_argument("--temperature", type=float, default=None, help="default: 0.5 SimCLR, 0.2 MoCo")
     parser.add_argument("--width", type=int, default=32, help="ConvEncoder width (features: 4 x width)")
     parser.add_argument("--queue-size", type=int, default=4096, help="MoCo only")
@@ -73,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 def make_config(args: argparse.Namespace) -> Dict:
     """The run's configuration as a dict of JSON values, every value checked."""
     config = {"method": args.method, "seconds": args.seconds, "steps": args.steps, "batch_size": args.batch_size,
-              "lr": args.lr, "weight_decay": args.weight_decay,
+              "lr": args.lr if args.lr is not None else _LR.get(args.method, 5e-3),
+              "weight_decay": args.weight_decay if args.weight_decay is not None
+              else _WEIGHT_DECAY.get(args.method, 1e-4),
               "temperature": args.temperature if args.temperature is not None else _TEMPERATURE[args.method],
               "width": args.width, "bank": args.bank, "seed": args.seed, "train_limit": args.train_limit,
               "val_limit": args.val_limit, "test_limit": args.test_limit}
@@ -98,6 +111,9 @@ def make_config(args: argparse.Namespace) -> Dict:
     if args.method == "mae":
         config.pop("width")                                   # the tiny MAE's size is fixed (5.1)
         config["mask_ratio"] = 0.75
+    elif args.method == "clip":
+        config.pop("width")                                   # 6.2's clip_tiny sizes
+        config.pop("temperature")                             # learned, from 1 / 0.07
     elif not config["temperature"] > 0:
         raise ConfigError(f"--temperature must be > 0, got {config['temperature']}")
     return config
@@ -126,6 +142,24 @@ def _pretrain(model, config: Dict, images: torch.Tensor, device, progress: bool)
     batch = config["batch_size"]
     loader = data.TensorLoader(images, batch_size=batch, shuffle=True, drop_last=True, seed=config["seed"])
     generator = torch.Generator(device=device).manual_seed(config["seed"])
+
+    def step_loss(x):
+        x = x.to(device)
+        if config["method"] == "mae":                                            # a random flip, then MAE
+            flip = torch.rand(x.shape[0], generator=generator, device=device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            return model(x, config["mask_ratio"])[0]
+        if config["method"] == "moco":
+            return model(augment(x, generator), augment(x, generator), generator)[0]
+        projections = model(torch.cat([augment(x, generator), augment(x, generator)]))      # (2B, d)
+        return nt_xent(projections[:batch], projections[batch:], config["temperature"])
+
+    return _loop(optimizer, loader, config, step_loss, progress)
+
+
+def _loop(optimizer, loader, config: Dict, step_loss, progress: bool, after_step=None) -> Dict:
+    """The loop of every method: ``step_loss(*batch)`` -> loss, AdamW with warm-up and cosine over the budget
+    (wall-clock seconds or steps), ``after_step()`` after each optimiser step; returns the log of losses."""
     log = {"loss": [], "pass_loss": [], "pass_seconds": [], "steps": 0}
     total = config["seconds"] if config["seconds"] is not None else config["steps"]
     bar = tqdm(total=round(total), unit="s" if config["seconds"] is not None else "step", disable=not progress,
@@ -133,7 +167,7 @@ def _pretrain(model, config: Dict, images: torch.Tensor, device, progress: bool)
     start, done = time.perf_counter(), False
     while not done:
         pass_start, losses = time.perf_counter(), []
-        for (x,) in loader:
+        for batch in loader:
             elapsed = time.perf_counter() - start
             share = elapsed / config["seconds"] if config["seconds"] is not None else log["steps"] / config["steps"]
             if share >= 1:
@@ -141,21 +175,14 @@ def _pretrain(model, config: Dict, images: torch.Tensor, device, progress: bool)
                 break
             for group in optimizer.param_groups:
                 group["lr"] = config["lr"] * warmup_cosine(share, 0.05)
-            x = x.to(device)
-            if config["method"] == "mae":                                            # a random flip, then MAE
-                flip = torch.rand(x.shape[0], generator=generator, device=device) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-                loss, _, _ = model(x, config["mask_ratio"])
-            elif config["method"] == "moco":
-                loss, _ = model(augment(x, generator), augment(x, generator), generator)
-            else:
-                projections = model(torch.cat([augment(x, generator), augment(x, generator)]))   # (2B, d)
-                loss = nt_xent(projections[:batch], projections[batch:], config["temperature"])
+            loss = step_loss(*batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss.item()} at step {log['steps']}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step()
             log["steps"] += 1
             losses.append(loss.item())
             bar.n = min(round(time.perf_counter() - start), round(total)) if config["seconds"] else log["steps"]
@@ -169,11 +196,105 @@ def _pretrain(model, config: Dict, images: torch.Tensor, device, progress: bool)
     return log
 
 
+
+_CLIP_EMBEDDINGS = ("positional_embedding", "class_embedding", "token_embedding.weight")
+
+
+def _pretrain_clip(model: CLIP, config: Dict, pairs, device, progress: bool) -> Dict:
+    """6.2's loop: batches of (image, caption) pairs, the symmetric loss, the scale clamped after each step."""
+    named = list(model.named_parameters())
+    exempt = {n for n, p in named if p.dim() < 2 or n.endswith(_CLIP_EMBEDDINGS)}
+    groups = [{"params": [p for n, p in named if n not in exempt], "weight_decay": config["weight_decay"]},
+              {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=config["lr"], betas=(0.9, 0.98), eps=1e-6)
+    tokens = captions.tokenize(pairs.captions)                                       # (N, 16)
+    loader = data.TensorLoader(pairs.images, tokens, batch_size=config["batch_size"], shuffle=True, drop_last=True,
+                               seed=config["seed"])
+    step_loss = lambda images, text: clip_loss(*model(images.to(device), text.to(device)))
+    return _loop(optimizer, loader, config, step_loss, progress, after_step=lambda: clamp_logit_scale_(model))
+
+
+#: 6.2's prompt sets: the bare class, common.captions.TEMPLATES, and the 36 attribute captions of a class.
+CLIP_PROMPT_SETS = {"bare class": ("{a} {c}",), "templates": captions.TEMPLATES,
+                    "attribute captions": tuple(captions.CAPTIONS[j].replace("a t-shirt", "{a} {c}", 1)
+                                                for j in range(len(captions.CAPTIONS) // len(captions.CLASS_WORDS)))}
+
+
+@torch.no_grad()
+def _image_units(model: CLIP, images: torch.Tensor, device) -> torch.Tensor:
+    return torch.cat([l2_normalize(model.encode_image(images[i:i + 1000].to(device))).cpu()
+                      for i in range(0, images.shape[0], 1000)])
+
+
+@torch.no_grad()
+def _zero_shot(model: CLIP, units: torch.Tensor, templates, rule: str, device) -> torch.Tensor:
+    """Class predictions: 'mean' = CLIP's ensemble of unit prompt vectors, 'marginal' = summed probabilities."""
+    class_prompts = captions.prompts(templates)
+    if rule == "mean":
+        return (units @ zero_shot_classifier(model, class_prompts, captions.tokenize).cpu().T).argmax(dim=1)
+    prompt_units = l2_normalize(model.encode_text(captions.tokenize(sum(class_prompts, [])).to(device))).cpu()
+    probabilities = (model.logit_scale.exp().item() * units @ prompt_units.T).softmax(dim=1)
+    return probabilities.reshape(units.shape[0], len(class_prompts), -1).sum(dim=2).argmax(dim=1)
+
+
+@torch.no_grad()
+def clip_retrieval(model: CLIP, units: torch.Tensor, combos: torch.Tensor, device) -> Dict:
+    """R@1/5/10 of the held-out captions present in ``combos`` (caption ids of the images ``units``): text to image,
+    and image to text among those captions; a hit is an image (a caption) equal to the query's caption."""
+    queries = sorted(set(combos.tolist()))
+    text = l2_normalize(model.encode_text(captions.tokenize([captions.CAPTIONS[c] for c in queries]).to(device))).cpu()
+    relevant = torch.tensor(queries)[:, None] == combos[None, :]                    # (Q, G)
+    similarity = text @ units.T
+    named = lambda recalls: {f"R@{k}": value for k, value in recalls.items()}
+    return {"text_to_image": named(recall_at_k(similarity, relevant)),
+            "image_to_text": named(recall_at_k(similarity.T, relevant.T))}
+
+
+def _run_clip(config: Dict, out: Path, device, progress: bool) -> Dict:
+    pairs = captions.captioned_fashion_mnist("train", limit=config["train_limit"])
+    val = captions.captioned_fashion_mnist("val", limit=config["val_limit"])
+    if config["bank"] > len(pairs) or config["batch_size"] > len(pairs):
+        raise ConfigError(f"--bank ({config['bank']}) and --batch-size ({config['batch_size']}) must not exceed the "
+                          f"{len(pairs)} training images")
+    model = clip_tiny(len(captions.VOCAB), captions.CONTEXT_LENGTH).to(device)
+    log = _pretrain_clip(model, config, pairs, device, progress)
+    model.eval()
+    val_units = _image_units(model, val.images, device)
+    accuracy = lambda templates, rule: (_zero_shot(model, val_units, templates, rule, device)
+                                        == val.labels).float().mean().item()
+    trials = {f"{name}, {rule}": accuracy(templates, rule)
+              for name, templates in CLIP_PROMPT_SETS.items() for rule in ("mean", "marginal")}
+    config["zero_shot"] = max(trials, key=trials.get)                                 # chosen on val
+    prompt_set, rule = config["zero_shot"].rsplit(", ", 1)
+    bank = extract_features(model.visual, pairs.images[:config["bank"]], device=device)
+    probe, report = linear_probe(bank, pairs.labels[:config["bank"]], extract_features(model.visual, val.images,
+                                                                                        device=device), val.labels)
+    scores = {"val_zero_shot": trials[config["zero_shot"]], "val_zero_shot_trials": trials,
+              "val_probe": report["val_accuracy"], "probe_weight_decay": report["weight_decay"]}
+    test = captions.captioned_fashion_mnist("test", limit=config["test_limit"])     # the test split, once
+    test_units = _image_units(model, test.images, device)
+    held = test.attributes["held_out"]
+    scores.update(test_zero_shot=(_zero_shot(model, test_units, CLIP_PROMPT_SETS[prompt_set], rule, device)
+                                  == test.labels).float().mean().item(),
+                  test_retrieval=clip_retrieval(model, test_units[held], test.attributes["combo"][held], device),
+                  test_probe=probe_accuracy(probe, extract_features(model.visual, test.images, device=device),
+                                            test.labels))
+    torch.save({"format": "common.pretrain encoder", "config": config, "encoder": model.state_dict()},
+               out / "encoder.pt")
+    return {"log": log, "scores": scores, "train_images": len(pairs), "model": "clip_tiny (6.2)",
+            "val_acc": scores["val_zero_shot"], "test_acc": scores["test_zero_shot"]}
+
+
 def run(config: Dict, *, out: Optional[Path] = None, device=None, progress: bool = True) -> Dict:
-    """Pretrain, score the frozen encoder (kNN and linear probe, val then test once) and write the run folder."""
+    """Pretrain, score the frozen encoder (kNN and linear probe; CLIP: zero-shot, retrieval and probe), val then test
+    once, and write the run folder."""
     wall_start = time.perf_counter()
     device = torch.device(device) if device is not None else get_device()
     seed_everything(config["seed"])
+    if config["method"] == "clip":
+        out = Path(out) if out is not None else Path("runs") / f"pretrain-clip-{time.strftime('%Y%m%d-%H%M%S')}"
+        out.mkdir(parents=True, exist_ok=True)
+        return _summarise(config, out, _run_clip(config, out, device, progress), device, wall_start)
     train, val, test = data.loaders(batch_size=config["batch_size"], val=True, train_limit=config["train_limit"],
                                     val_limit=config["val_limit"], test_limit=config["test_limit"])
     train_images, train_labels = train.tensors
@@ -208,15 +329,23 @@ def run(config: Dict, *, out: Optional[Path] = None, device=None, progress: bool
                   test_probe=probe_accuracy(probe, test_features, test_y))
     torch.save({"format": "common.pretrain encoder", "config": config, "encoder": model.encoder.state_dict()},
                out / "encoder.pt")
-    passes = log["steps"] * config["batch_size"] / train_images.shape[0]
+    model_name = ("mae_vit_tiny_patch7 encoder" if config["method"] == "mae"
+                  else f"{config['method']} ConvEncoder(width={config['width']})")
+    outcome = {"log": log, "scores": scores, "train_images": train_images.shape[0], "model": model_name,
+               "val_acc": scores["val_probe"], "test_acc": scores["test_probe"]}
+    return _summarise(config, out, outcome, device, wall_start)
+
+
+def _summarise(config: Dict, out: Path, outcome: Dict, device, wall_start: float) -> Dict:
+    """results.json of a run (the layout common.results reads), written to ``out`` and returned."""
+    log = outcome["log"]
+    passes = log["steps"] * config["batch_size"] / outcome["train_images"]
     summary = {
-        "config": {**config, "model": ("mae_vit_tiny_patch7 encoder" if config["method"] == "mae"
-                                       else f"{config['method']} ConvEncoder(width={config['width']})"),
-                   "epochs": f"{passes:.2f} passes"},
+        "config": {**config, "model": outcome["model"], "epochs": f"{passes:.2f} passes"},
         "kind": "pretrain", "status": "finished", "epochs_done": f"{log['steps']} steps",
         "history": {"train_loss": log["pass_loss"], "pass_seconds": log["pass_seconds"]},
-        "steps": log["steps"], "pretrain_seconds": log["seconds"], "scores": scores,
-        "best": {"val_acc": scores["val_probe"]}, "test_acc": scores["test_probe"],
+        "steps": log["steps"], "pretrain_seconds": log["seconds"], "scores": outcome["scores"],
+        "best": {"val_acc": outcome["val_acc"]}, "test_acc": outcome["test_acc"],
         "commit": _git_commit(), "torch": torch.__version__, "hardware": _hardware(device, 1),
         "wall_seconds": time.perf_counter() - wall_start,
     }
@@ -225,8 +354,9 @@ def run(config: Dict, *, out: Optional[Path] = None, device=None, progress: bool
 
 
 def load_encoder(path):
-    """The pretrained encoder of a run's ``encoder.pt``, in eval mode: the ``ConvEncoder`` (SimCLR, MoCo), or for
-    MAE the ``MAEFeatures`` view (images -> pooled features, the pooling chosen on val); a clear error otherwise."""
+    """The pretrained encoder of a run's ``encoder.pt``, in eval mode: the ``ConvEncoder`` (SimCLR, MoCo), for
+    MAE the ``MAEFeatures`` view (images -> pooled features, the pooling chosen on val), for CLIP the whole ``CLIP``
+    (its ``visual`` is the image encoder); a clear error otherwise."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (a run folder of python -m common.pretrain has encoder.pt)")
@@ -236,6 +366,10 @@ def load_encoder(path):
         raise ValueError(f"{path} is not an encoder checkpoint of python -m common.pretrain ({error})") from None
     if not isinstance(state, dict) or state.get("format") != "common.pretrain encoder":
         raise ValueError(f"{path} is not an encoder checkpoint of python -m common.pretrain")
+    if state["config"]["method"] == "clip":
+        model = clip_tiny(len(captions.VOCAB), captions.CONTEXT_LENGTH)
+        model.load_state_dict(state["encoder"])
+        return model.eval()
     if state["config"]["method"] == "mae":
         encoder = mae_vit_tiny_patch7().encoder
         encoder.load_state_dict(state["encoder"])
@@ -253,10 +387,18 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     except ConfigError as error:
         raise SystemExit(f"python -m common.pretrain: error: {error}") from None
     s = summary["scores"]
-    print(f"{config['method']}: {summary['steps']} steps in {summary['pretrain_seconds']:.0f} s "
-          f"({summary['config']['epochs']}); val kNN {s['val_knn']:.2%}, val probe {s['val_probe']:.2%} "
-          f"(weight decay {s['probe_weight_decay']:g}); test kNN {s['test_knn']:.2%}, test probe {s['test_probe']:.2%}; "
-          f"wall {summary['wall_seconds'] / 60:.1f} min")
+    head = (f"{config['method']}: {summary['steps']} steps in {summary['pretrain_seconds']:.0f} s "
+            f"({summary['config']['epochs']}); ")
+    if config["method"] == "clip":
+        recall = s["test_retrieval"]
+        print(head + f"val zero-shot {s['val_zero_shot']:.2%} ({config['zero_shot']}, chosen on val); test zero-shot "
+              f"{s['test_zero_shot']:.2%}; held-out captions, text to image R@1 {recall['text_to_image']['R@1']:.2%}, "
+              f"R@5 {recall['text_to_image']['R@5']:.2%}; image to text R@1 {recall['image_to_text']['R@1']:.2%}; "
+              f"test probe {s['test_probe']:.2%}; wall {summary['wall_seconds'] / 60:.1f} min")
+    else:
+        print(head + f"val kNN {s['val_knn']:.2%}, val probe {s['val_probe']:.2%} (weight decay "
+              f"{s['probe_weight_decay']:g}); test kNN {s['test_knn']:.2%}, test probe {s['test_probe']:.2%}; "
+              f"wall {summary['wall_seconds'] / 60:.1f} min")
     return summary
 
 

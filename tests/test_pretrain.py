@@ -1,11 +1,12 @@
-"""python -m common.pretrain: a tiny MAE, SimCLR and MoCo run end to end (results.json, encoder.pt loadable with
+"""python -m common.pretrain: a tiny MAE, SimCLR, MoCo and CLIP run end to end (results.json, encoder.pt loadable with
 weights_only and equal to the scored encoder, listed by common.results), determinism per seed, and clear errors."""
 import json
 
 import pytest
 import torch
 
-from common import data, pretrain, results
+from common import captions, data, pretrain, results
+from common.models.clip import l2_normalize
 from common.probe import extract_features, knn_accuracy
 
 TINY = ["--steps", "3", "--batch-size", "16", "--train-limit", "256", "--val-limit", "64", "--test-limit", "64",
@@ -87,3 +88,35 @@ def test_tiny_mae_run_chooses_a_pooling_and_reloads(tmp_path):
     assert extract_features(features, x).shape == (5, 128)
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["model"] == "mae_vit_tiny_patch7 encoder" and 0 <= saved["test_acc"] <= 1
+
+
+def test_tiny_clip_run_scores_and_reloads(tmp_path, capsys):
+    out = tmp_path / "clip"
+    argv = ["--method", "clip", "--out", str(out), "--steps", "3", "--batch-size", "16", "--train-limit", "256",
+            "--val-limit", "300", "--test-limit", "300", "--bank", "128", "--quiet"]
+    summary = pretrain.main(argv)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["lr"] == 1e-3 and saved["config"]["weight_decay"] == 0.1        # 6.2's defaults
+    assert "width" not in saved["config"] and "temperature" not in saved["config"]
+    scores = saved["scores"]
+    assert saved["config"]["zero_shot"] == max(scores["val_zero_shot_trials"], key=scores["val_zero_shot_trials"].get)
+    assert len(scores["val_zero_shot_trials"]) == 6 and saved["test_acc"] == scores["test_zero_shot"]
+    for direction in ("text_to_image", "image_to_text"):
+        recalls = scores["test_retrieval"][direction]
+        assert set(recalls) == {"R@1", "R@5", "R@10"} and 0 <= recalls["R@1"] <= recalls["R@5"] <= recalls["R@10"] <= 1
+    assert "test zero-shot" in capsys.readouterr().out
+    # the saved model is the one that was scored: its held-out retrieval, recomputed from the file, is the reported one
+    model = pretrain.load_encoder(out / "encoder.pt")
+    test = captions.captioned_fashion_mnist("test", limit=300)
+    held = test.attributes["held_out"]
+    with torch.no_grad():
+        units = l2_normalize(model.encode_image(test.images[held]))
+    recomputed = pretrain.clip_retrieval(model, units, test.attributes["combo"][held], "cpu")
+    assert recomputed == scores["test_retrieval"]
+    assert summary["steps"] == 3 and "clip" in results.runs_table(results.read_runs(tmp_path))
+
+
+def test_method_defaults_stay_those_of_the_notebooks():
+    args = pretrain._parser().parse_args(["--method", "moco", "--steps", "1"])
+    config = pretrain.make_config(args)
+    assert config["lr"] == 5e-3 and config["weight_decay"] == 1e-4 and config["temperature"] == 0.2
