@@ -48,7 +48,7 @@ from .probe import extract_features, knn_accuracy, linear_probe, probe_accuracy
 from .train import ConfigError, _git_commit, _hardware
 from .training import get_device, seed_everything, warmup_cosine
 
-__all__ = ["METHODS", "make_config", "run", "load_encoder", "main"]
+__all__ = ["METHODS", "make_config", "run", "train_clip", "load_encoder", "main"]
 
 METHODS = ("mae", "simclr", "moco", "clip")
 _TEMPERATURE = {"simclr": 0.5, "moco": 0.2, "mae": None, "clip": None}   # 5.2's; MoCo v2's; MAE none; CLIP learns it
@@ -248,6 +248,29 @@ def clip_retrieval(model: CLIP, units: torch.Tensor, combos: torch.Tensor, devic
     named = lambda recalls: {f"R@{k}": value for k, value in recalls.items()}
     return {"text_to_image": named(recall_at_k(similarity, relevant)),
             "image_to_text": named(recall_at_k(similarity.T, relevant.T))}
+
+
+def train_clip(pairs, *, seconds: Optional[float] = None, steps: Optional[int] = None, batch_size: int = 128,
+               lr: float = _LR["clip"], weight_decay: float = _WEIGHT_DECAY["clip"], seed: int = 0, device=None,
+               progress: bool = True):
+    """6.2's ``clip_tiny`` trained on ``pairs`` (a :class:`common.captions.Captioned`) with 6.2's recipe, for
+    ``seconds`` of wall-clock time or ``steps`` optimizer steps (exactly one): ``(model in eval mode, log)``, the
+    log holding the loss of every step, ``steps`` and ``seconds``. For notebooks that need a trained CLIP (6.3, 6.4)."""
+    if (seconds is None) == (steps is None):
+        raise ValueError(f"train_clip needs exactly one budget, seconds=... or steps=..., got {seconds}, {steps}")
+    if (seconds is not None and not seconds > 0) or (steps is not None and steps < 1):
+        raise ValueError(f"the budget must be positive, got seconds={seconds}, steps={steps}")
+    if not isinstance(pairs, captions.Captioned):
+        raise TypeError(f"pairs must be a common.captions.Captioned, got {type(pairs).__name__}")
+    if not 1 <= batch_size <= len(pairs):
+        raise ValueError(f"batch_size must be in 1..{len(pairs)} (the number of pairs), got {batch_size}")
+    device = torch.device(device) if device is not None else get_device()
+    seed_everything(seed)
+    model = clip_tiny(len(captions.VOCAB), captions.CONTEXT_LENGTH).to(device)
+    config = {"method": "clip", "seconds": seconds, "steps": steps, "batch_size": batch_size, "lr": lr,
+              "weight_decay": weight_decay, "seed": seed}
+    log = _pretrain_clip(model, config, pairs, device, progress)
+    return model.eval(), log
 
 
 def _run_clip(config: Dict, out: Path, device, progress: bool) -> Dict:

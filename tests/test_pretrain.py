@@ -120,3 +120,20 @@ def test_method_defaults_stay_those_of_the_notebooks():
     args = pretrain._parser().parse_args(["--method", "moco", "--steps", "1"])
     config = pretrain.make_config(args)
     assert config["lr"] == 5e-3 and config["weight_decay"] == 1e-4 and config["temperature"] == 0.2
+
+
+def test_train_clip_trains_the_small_clip_and_checks_its_budget():
+    from common.captions import captioned_fashion_mnist
+    from common.pretrain import train_clip
+    pairs = captioned_fashion_mnist("train", limit=256)
+    model, log = train_clip(pairs, steps=3, batch_size=64, device="cpu", progress=False)
+    assert log["steps"] == 3 and len(log["loss"]) == 3 and not model.training
+    again, _ = train_clip(pairs, steps=3, batch_size=64, device="cpu", progress=False)
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), f"same seed, same model: {name} differs"
+    for kwargs, message in (({}, "exactly one budget"), ({"steps": 1, "seconds": 1.0}, "exactly one budget"),
+                            ({"steps": 0}, "must be positive"), ({"steps": 1, "batch_size": 257}, "batch_size")):
+        with pytest.raises(ValueError, match=message):
+            train_clip(pairs, progress=False, **kwargs)
+    with pytest.raises(TypeError, match="Captioned"):
+        train_clip(pairs.images, steps=1)
