@@ -27,6 +27,7 @@ with 6.2's recipe (AdamW betas (0.9, 0.98), eps 1e-6, decay on matrices only, th
 classification with the prompt set and rule (mean of unit vectors, or probabilities summed per class) chosen on
 ``val``, retrieval of the held-out captions (text to image and image to text, R@1/5/10) and a linear probe of the
 image features; ``encoder.pt`` holds the whole CLIP, and :func:`load_encoder` gives it back.
+The training alone, without the scores, is :func:`train_clip` (for notebooks that condition on a trained CLIP).
 """
 from __future__ import annotations
 
@@ -279,9 +280,9 @@ def _run_clip(config: Dict, out: Path, device, progress: bool) -> Dict:
     if config["bank"] > len(pairs) or config["batch_size"] > len(pairs):
         raise ConfigError(f"--bank ({config['bank']}) and --batch-size ({config['batch_size']}) must not exceed the "
                           f"{len(pairs)} training images")
-    model = clip_tiny(len(captions.VOCAB), captions.CONTEXT_LENGTH).to(device)
-    log = _pretrain_clip(model, config, pairs, device, progress)
-    model.eval()
+    model, log = train_clip(pairs, seconds=config["seconds"], steps=config["steps"], batch_size=config["batch_size"],
+                            lr=config["lr"], weight_decay=config["weight_decay"], seed=config["seed"], device=device,
+                            progress=progress)
     val_units = _image_units(model, val.images, device)
     accuracy = lambda templates, rule: (_zero_shot(model, val_units, templates, rule, device)
                                         == val.labels).float().mean().item()

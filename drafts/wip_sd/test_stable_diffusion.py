@@ -38,7 +38,7 @@ from torch.testing import assert_close
 from wip_sd import stable_diffusion as sd
 from wip_sd.stable_diffusion import (AutoencoderKL, CrossAttention, DDIMScheduler, DDPMScheduler,
                                      DiagonalGaussianDistribution, Downsample2D, DownEncoderBlock2D, ResnetBlock2D,
-                                     SchedulerOutput, UNet2DConditionModel, UNetMidBlock2D, Upsample2D, VAEDecoder,
+                                     SchedulerOutput, UNetMidBlock2D, Upsample2D, VAEDecoder,
                                      VAEEncoder)
 
 torch.set_num_threads(1)

@@ -1,4 +1,7 @@
-# Code and markdown of 6.4's experiment (builder part)
+# Code and markdown of 6.4's experiment (builder part): a FIRST DRAFT, never executed.
+# L1_TARGET, LOSS_TARGET and SAMPLE_TARGET are left undefined on purpose: they are set from measured runs and their
+# seed spread when the notebook is assembled; KL_WEIGHT, the budgets and the sizes are placeholders to be chosen on
+# val; the markdown's descriptions of figures and checks hold only once those cells have run.
 DATA_MD = r"""## 7. Captioned Fashion-MNIST and the text encoder
 
 The data are 6.2's: every training image carries a caption that is true of it by construction ("a sandal, small,
