@@ -40,7 +40,7 @@ from torch import nn
 
 from common.nn import LayerNorm, Linear
 
-from wip_sd.stable_diffusion import BasicTransformerBlock, TimestepEmbedding, Timesteps
+from common.models.stable_diffusion import BasicTransformerBlock, TimestepEmbedding, Timesteps
 
 # time_embed_act_fn values TimestepEmbedding supports here (diffusers lowercases the name)
 _TIME_ACTIVATIONS = ("silu", "swish", "mish", "gelu", "relu")

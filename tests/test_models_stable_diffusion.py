@@ -1,22 +1,24 @@
-"""wip_sd.stable_diffusion against diffusers: schedulers step by step, every model part in outputs and gradients.
+"""common.models.stable_diffusion (exported from stage6_frontier/04_stable_diffusion.ipynb) against diffusers.
 
 Schedulers: bit-exact (rtol=0, atol=0) against DDPMScheduler / DDIMScheduler: the tables are float32 in both, and
 every step computes its scalar coefficients in float32 in the same order, for float32 and float64 samples alike.
+Four corner cases where diffusers is wrong are pinned: the spurious -1 timestep of some trailing schedules, the
+leading + offset schedule past the table, the NaN of 'fixed_large_log', and the NaN of DDIM at zero terminal SNR.
 
 Models: every diffusers module is built with a seed, all its parameters are redrawn (nothing stays at a zero or one
 initialisation, so every path can show a difference), it is converted to float64 and its state_dict is loaded into
 ours with strict=True (same keys, same order). Outputs are compared in eval mode, then the gradients of a random
-weighting of the output with respect to every floating input and every parameter, by name.
-
-Run (from the repository root): python -m pytest drafts/wip_sd drafts/wip_dalle2 -q -n 2
+weighting of the output with respect to every floating input and every parameter, by name. The Fréchet distance is
+checked against its closed form for diagonal covariances.
 """
 import logging
 import math
 
-import diffusers
 import pytest
 import torch
 import torch.nn.functional as F
+
+diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler as RefDDIMScheduler
 from diffusers import DDPMScheduler as RefDDPMScheduler
 from diffusers import UNet2DConditionModel as RefUNet2DConditionModel
@@ -35,11 +37,11 @@ from diffusers.models.upsampling import Upsample2D as RefUpsample2D
 from torch import nn
 from torch.testing import assert_close
 
-from wip_sd import stable_diffusion as sd
-from wip_sd.stable_diffusion import (AutoencoderKL, CrossAttention, DDIMScheduler, DDPMScheduler,
-                                     DiagonalGaussianDistribution, Downsample2D, DownEncoderBlock2D, ResnetBlock2D,
-                                     SchedulerOutput, UNetMidBlock2D, Upsample2D, VAEDecoder,
-                                     VAEEncoder)
+from common.models import stable_diffusion as sd  # noqa: E402
+from common.models.stable_diffusion import (AutoencoderKL, CrossAttention, DDIMScheduler, DDPMScheduler,  # noqa: E402
+                                            DiagonalGaussianDistribution, Downsample2D, DownEncoderBlock2D,
+                                            ResnetBlock2D, SchedulerOutput, UNetMidBlock2D, Upsample2D, VAEDecoder,
+                                            VAEEncoder, frechet_distance)
 
 torch.set_num_threads(1)
 logging.getLogger("diffusers").setLevel(logging.ERROR)
@@ -1539,3 +1541,44 @@ def test_unet_refuses_unsupported_options(override):
 def test_modules_refuse_unsupported_options(build, option):
     with pytest.raises(ValueError, match=option):
         build()
+
+
+# ================================================================================================================
+# the Fréchet distance
+# ================================================================================================================
+
+def _with_diagonal_covariance(count, means, stds, seed):
+    """(count, D) features with sample mean `means` and sample covariance exactly diag(stds ** 2)."""
+    centred = randn(count, len(means), seed=seed)
+    centred -= centred.mean(0)
+    columns = torch.linalg.svd(centred, full_matrices=False).U
+    return columns * math.sqrt(count - 1) * stds + means
+
+
+def test_frechet_distance_closed_form_and_invariances():
+    means_a, means_b = torch.tensor([0.0, 1.0, -2.0, 0.5, 3.0], dtype=DTYPE), torch.tensor([1.0, 1.0, 0.0, 0.0, -1.0], dtype=DTYPE)
+    stds_a, stds_b = torch.tensor([1.0, 2.0, 0.5, 3.0, 0.1], dtype=DTYPE), torch.tensor([2.0, 0.5, 0.5, 1.0, 1.0], dtype=DTYPE)
+    set_a = _with_diagonal_covariance(300, means_a, stds_a, seed=0)
+    set_b = _with_diagonal_covariance(200, means_b, stds_b, seed=1)
+    closed_form = (((means_a - means_b) ** 2).sum() + ((stds_a - stds_b) ** 2).sum()).item()
+    assert frechet_distance(set_a, set_b) == pytest.approx(closed_form, abs=1e-9)
+    rotation = torch.linalg.qr(randn(5, 5, seed=2)).Q
+    assert frechet_distance(set_a @ rotation, set_b @ rotation) == pytest.approx(closed_form, abs=1e-9)
+    assert frechet_distance(set_a, set_a) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(set_a.float(), set_b.float()) == pytest.approx(closed_form, rel=1e-4)
+    # symmetric, and a shift of one set adds the squared shift
+    assert frechet_distance(set_b, set_a) == pytest.approx(closed_form, abs=1e-9)
+    shift = torch.tensor([1.0, -2.0, 0.0, 0.0, 0.5], dtype=torch.float64)
+    assert frechet_distance(set_a + shift, set_a) == pytest.approx(shift.square().sum().item(), abs=1e-9)
+
+
+def test_frechet_distance_errors():
+    good = torch.randn(10, 4)
+    with pytest.raises(ValueError, match=r"float tensor \(N, D\), got shape \(10,\)"):
+        frechet_distance(torch.randn(10), good)
+    with pytest.raises(ValueError, match="float tensor"):
+        frechet_distance(good, torch.zeros(10, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least 2 rows in features_b"):
+        frechet_distance(good, torch.randn(1, 4))
+    with pytest.raises(ValueError, match="feature widths differ, 4 and 5"):
+        frechet_distance(good, torch.randn(10, 5))
