@@ -17,6 +17,7 @@ A failed comparison raises ``AssertionError`` naming the tensor that differs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -119,6 +120,8 @@ def _flatten(obj: Any, prefix: str = "output") -> list:
         return [item for i, o in enumerate(obj) for item in _flatten(o, f"{prefix}[{i}]")]
     if isinstance(obj, dict):
         return [item for k, o in obj.items() for item in _flatten(o, f"{prefix}[{k!r}]")]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):      # an output record, e.g. (.sample,)
+        return [item for f in dataclasses.fields(obj) for item in _flatten(getattr(obj, f.name), f"{prefix}.{f.name}")]
     raise TypeError(f"cannot compare an output of type {type(obj).__name__} at {prefix}")
 
 
@@ -164,7 +167,8 @@ def _backward(outputs: list, cotangents: list) -> None:
 def assert_same_module(mine: nn.Module, reference: nn.Module, *inputs, forward_kwargs: Optional[dict] = None,
                        load_state: bool = True, train: Optional[bool] = None, backward: bool = True,
                        compare_buffers: bool = True, rtol: Optional[float] = None,
-                       atol: Optional[float] = None, seed: int = 0, title: Optional[str] = None) -> CheckReport:
+                       atol: Optional[float] = None, seed: int = 0, title: Optional[str] = None,
+                       call: Optional[Callable] = None) -> CheckReport:
     """Prove that ``mine`` and ``reference`` compute the same function.
 
     ``load_state`` copies the reference's state_dict into ours first (strict).
@@ -174,9 +178,13 @@ def assert_same_module(mine: nn.Module, reference: nn.Module, *inputs, forward_k
     and the gradients of every floating input and every parameter compared.
     With ``compare_buffers``, buffers are compared after the forward (e.g. a
     BatchNorm's running statistics). ``rtol``/``atol`` default to
-    ``torch.testing.assert_close``'s for the dtype.
+    ``torch.testing.assert_close``'s for the dtype. ``call(module, *inputs)``
+    replaces ``module(*inputs, **forward_kwargs)`` for a module whose forward
+    takes keyword-only arguments or returns a record to unpack first.
     """
     forward_kwargs = forward_kwargs or {}
+    if call is None:
+        call = lambda module, *args: module(*args, **forward_kwargs)  # noqa: E731
     report = CheckReport(title or f"{type(mine).__name__} vs {type(reference).__name__}")
     if load_state:
         load_reference_state(mine, reference)
@@ -189,9 +197,9 @@ def assert_same_module(mine: nn.Module, reference: nn.Module, *inputs, forward_k
     ref_in = _clone_inputs(inputs, backward)
 
     rng = torch.get_rng_state()
-    out_mine = _flatten(mine(*ours_in, **forward_kwargs))
+    out_mine = _flatten(call(mine, *ours_in))
     torch.set_rng_state(rng)
-    out_ref = _flatten(reference(*ref_in, **forward_kwargs))
+    out_ref = _flatten(call(reference, *ref_in))
     if len(out_mine) != len(out_ref):
         raise AssertionError(f"{report.title}: ours returns {len(out_mine)} tensors, the reference {len(out_ref)}")
     for (name, a), (_, b) in zip(out_mine, out_ref):

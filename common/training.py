@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["get_device", "seed_everything", "History", "fit", "train_for", "warmup_cosine", "evaluate",
-           "count_parameters", "make_scaler"]
+__all__ = ["get_device", "seed_everything", "History", "fit", "train_for", "train_loss_for", "warmup_cosine",
+           "evaluate", "count_parameters", "make_scaler"]
 
 
 def get_device(prefer: Optional[str] = None) -> torch.device:
@@ -306,3 +306,54 @@ def train_for(model: nn.Module, train_loader: Iterable, *, seconds: Optional[flo
             print(f"{line} | {history.seconds[-1]:.1f} s", flush=True)
     history.steps = steps_done
     return history
+
+
+def train_loss_for(model: nn.Module, step_loss: Callable[[], tuple], *, seconds: Optional[float] = None,
+                   steps: Optional[int] = None, lr: float = 2e-3, weight_decay: float = 0.0, warmup: float = 0.05,
+                   desc: str = "", progress: bool = True) -> dict:
+    """AdamW on ``model``'s parameters for a budget of ``seconds`` or ``steps``, for any loss.
+
+    :func:`train_for` trains a classifier from a loader; generative models (an autoencoder, a diffusion model, a
+    diffusion prior) draw their own batches and compute their own losses. ``step_loss()`` does both and returns
+    ``(loss, extras)``: a scalar tensor to minimise and a dict of numbers to log. The learning rate follows
+    :func:`warmup_cosine` over the share of the budget used, as in :func:`train_for`; weight decay (default none)
+    applies to every parameter. A loss that becomes NaN or infinite raises FloatingPointError. Returns
+    ``{"loss": [...], "extras": [...], "steps": int, "seconds": float}``.
+    """
+    if (seconds is None) == (steps is None):
+        raise ValueError(f"train_loss_for needs exactly one budget: seconds=... or steps=..., got seconds={seconds}, "
+                         f"steps={steps}")
+    if (seconds is not None and not seconds > 0) or (steps is not None and steps < 1):
+        raise ValueError(f"the budget must be positive, got seconds={seconds}, steps={steps}")
+    if not callable(step_loss):
+        raise TypeError(f"train_loss_for expected step_loss to be a function () -> (loss, extras), "
+                        f"got {type(step_loss).__name__}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    log, start = {"loss": [], "extras": [], "steps": 0}, time.perf_counter()
+    total = seconds if seconds is not None else steps
+    model.train()
+    with tqdm(total=round(total), desc=desc or None, unit="s" if seconds is not None else "step", leave=False,
+              disable=not progress) as bar:
+        while (share := ((time.perf_counter() - start) / seconds if seconds is not None
+                         else log["steps"] / steps)) < 1:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * warmup_cosine(share, warmup)
+            loss, extras = step_loss()
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                raise TypeError(f"train_loss_for: step_loss() must return (a scalar tensor, a dict), got a loss "
+                                f"{type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}")
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc or 'train_loss_for'}: the loss became {loss.item()} at step "
+                                         f"{log['steps']}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            log["loss"].append(loss.item())
+            log["extras"].append(extras)
+            log["steps"] += 1
+            done = time.perf_counter() - start if seconds is not None else log["steps"]
+            bar.n = min(round(done), round(total))
+            bar.refresh()
+    log["seconds"] = time.perf_counter() - start
+    model.eval()
+    return log

@@ -1,4 +1,6 @@
 """The check helpers must pass on a correct implementation and FAIL on subtly wrong ones."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -145,6 +147,31 @@ def test_shape_mismatch_and_output_count_are_caught():
         checks.assert_same_function(lambda t: t[:, :4], lambda t: t, x)
     with pytest.raises(AssertionError, match="returns 2 tensors"):
         checks.assert_same_function(lambda t: (t, t), lambda t: (t,), x)
+
+
+class _KeywordOnlyLinear(nn.Linear):
+    """A Linear whose forward takes a keyword-only input and returns a dataclass record."""
+
+    def forward(self, *, x, scale=1.0):
+        return _Record(sample=super().forward(x) * scale, extra=None)
+
+
+@dataclasses.dataclass
+class _Record:
+    sample: torch.Tensor
+    extra: object
+
+
+def test_call_reaches_keyword_only_forwards_and_records_are_unpacked():
+    torch.manual_seed(0)
+    ref, mine = nn.Linear(5, 3).double(), _KeywordOnlyLinear(5, 3).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    report = checks.assert_same_module(mine, ref, x, call=lambda module, t: module(x=t) if module is mine
+                                       else _Record(sample=module(t), extra=None))
+    assert [row[0] for row in report.rows] == ["output.sample", "grad input[0]", "grad weight", "grad bias"]
+    with pytest.raises(AssertionError, match="output.sample differs"):       # a wrong forward is still caught
+        checks.assert_same_module(mine, ref, x, call=lambda module, t: module(x=t, scale=1.01) if module is mine
+                                  else _Record(sample=module(t), extra=None))
 
 
 def test_same_dropout_mask_when_both_draw_alike():

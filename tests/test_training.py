@@ -188,3 +188,34 @@ def test_train_for_criterion_replaces_the_loss_and_sees_the_input():
     single = torch.nn.Linear(4, 2)
     plain = train_for(single, _toy(), steps=12, lr=0.1, label_smoothing=0.0, device=torch.device("cpu"))
     assert plain.train_loss != history.train_loss
+
+
+def test_train_loss_for_steps_learns_and_logs():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+
+    def step_loss():
+        loss = ((model(x) - y) ** 2).mean()
+        return loss, {"mse": loss.item()}
+
+    first = step_loss()[0].item()
+    log = training.train_loss_for(model, step_loss, steps=50, lr=0.05, progress=False)
+    assert log["steps"] == 50 and len(log["loss"]) == 50 and log["extras"][0]["mse"] == log["loss"][0]
+    assert log["loss"][0] == pytest.approx(first) and log["loss"][-1] < 0.8 * first
+    assert not model.training                                       # handed back in eval mode
+
+
+def test_train_loss_for_time_budget_and_errors():
+    model = nn.Linear(2, 1)
+    step = lambda: ((model(torch.ones(1, 2))) ** 2).sum()  # noqa: E731
+    log = training.train_loss_for(model, lambda: (step(), {}), seconds=0.2, progress=False)
+    assert log["steps"] >= 1 and 0.2 <= log["seconds"] < 2
+    with pytest.raises(ValueError, match="exactly one budget"):
+        training.train_loss_for(model, lambda: (step(), {}), progress=False)
+    with pytest.raises(ValueError, match="positive"):
+        training.train_loss_for(model, lambda: (step(), {}), steps=0, progress=False)
+    with pytest.raises(TypeError, match="scalar tensor"):
+        training.train_loss_for(model, lambda: (model(torch.ones(3, 2)), {}), steps=2, progress=False)
+    with pytest.raises(FloatingPointError, match="became nan"):
+        training.train_loss_for(model, lambda: (step() * float("nan"), {}), steps=2, progress=False)
