@@ -9,6 +9,9 @@
 * :func:`assert_same_function` does the same for functions.
 * :func:`gradcheck` checks a hand-written backward against finite
   differences in float64.
+* :func:`randomize_` gives a reference model weights that matter before a
+  comparison (default initialisations hide mistakes: zero biases, unit norm
+  scales, zero-initialised embeddings).
 
 Each returns a :class:`CheckReport`; printing it gives one line per compared
 tensor in the style ``name | exact | close | max |diff|``.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -32,6 +35,7 @@ __all__ = [
     "assert_same_module",
     "assert_same_function",
     "gradcheck",
+    "randomize_",
 ]
 
 
@@ -274,3 +278,32 @@ def gradcheck(fn: Callable, *inputs, eps: float = 1e-6, atol: float = 1e-6, rtol
     except GradcheckError as exc:
         raise AssertionError(f"gradcheck of {name} failed: the hand-written backward is wrong.\n{exc}") from None
     return True
+
+
+def randomize_(model: nn.Module, generator: torch.Generator, *,
+               norm_weights: Optional[Tuple[float, float]] = None, batches_tracked: int = 3) -> nn.Module:
+    """Weights that matter, in place, from ``generator``: He-scaled uniform matrices and kernels, random biases
+    and BatchNorm statistics; returns ``model``.
+
+    * matrices and kernels (dim > 1): uniform in +-sqrt(6 / fan_in), fan_in = the elements of one output row,
+      a variance of 2 / fan_in, so deep stacks keep their logits of order one;
+    * ``running_var``: uniform in [0.5, 1.5]; ``num_batches_tracked``: ``batches_tracked``;
+    * 1-D ``weight`` tensors (norm scales): uniform in ``norm_weights``, or, when it is None, like the biases;
+    * every other 1-D tensor (biases, ``running_mean``, ...): uniform in [-0.2, 0.2].
+
+    ``uniform_`` in place: about twice as fast as ``randn`` on the largest classifier matrices.
+    """
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(batches_tracked)
+            elif name.endswith("running_var"):
+                tensor.uniform_(0.5, 1.5, generator=generator)
+            elif tensor.dim() > 1:
+                bound = (6.0 / tensor[0].numel()) ** 0.5
+                tensor.uniform_(-bound, bound, generator=generator)
+            elif norm_weights is not None and name.endswith("weight"):
+                tensor.uniform_(*norm_weights, generator=generator)
+            else:
+                tensor.uniform_(-0.2, 0.2, generator=generator)
+    return model

@@ -220,3 +220,16 @@ def test_assert_same_logits_fails_on_wrong_outputs_near_zero_outputs_and_key_ord
     b.add_module("first", nn.Linear(4, 4))
     with pytest.raises(AssertionError, match="order"):
         checks.assert_same_logits(a.double(), b.double(), x)
+
+
+def test_randomize_gives_every_tensor_a_value_and_is_reproducible():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.LayerNorm(3))
+    first = checks.randomize_(model, torch.Generator().manual_seed(0), norm_weights=(0.5, 1.5))
+    state = {k: v.clone() for k, v in first.state_dict().items()}
+    assert state["1.num_batches_tracked"] == 3
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            assert tensor.abs().min() > 0 and tensor.std() > 0, f"{name} kept a constant value"
+    assert (state["2.weight"] >= 0.5).all() and (state["1.running_var"] >= 0.5).all()
+    again = checks.randomize_(model, torch.Generator().manual_seed(0), norm_weights=(0.5, 1.5)).state_dict()
+    assert all(torch.equal(again[k], v) for k, v in state.items())
