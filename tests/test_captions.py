@@ -310,3 +310,33 @@ def test_no_builtin_layer_math_in_the_generator():
     source = Path(captions.__file__).read_text(encoding="utf-8")
     assert violations(source, "common/captions.py") == []
     assert "torchvision" not in source and "grid_sample" not in source
+
+
+def test_attributes_read_back_from_pixels_agree_with_true_captions_and_catch_false_ones(splits):
+    train, val = splits["train"], splits["val"]
+    centres = captions.position_centres(train.images, train.attributes)
+    assert centres.shape == (5, 2)
+    assert centres[0, 0] < 10 < centres[1, 0] and centres[2, 1] < 10 < centres[3, 1]      # top/bottom, left/right
+    truth = captions.attribute_agreement(val.images, val.attributes, centres)
+    assert min(truth.values()) > 0.99, truth
+    # the same images against shuffled captions: each attribute is right only about as often as chance allows
+    # (five layouts in six are small, so size agrees by chance (5/6)^2 + (1/6)^2 = 72%; contrast 50%; position 20%)
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))
+    shuffled = {k: v[order] for k, v in val.attributes.items()}
+    wrong = captions.attribute_agreement(val.images, shuffled, centres)
+    assert wrong["size"] < 0.8 and wrong["contrast"] < 0.6 and wrong["position"] < 0.4, wrong
+    # a hand-made image: a faint 6x6 square in the top-left corner is small, faint, and nearer top or left
+    square = torch.zeros(1, 1, 28, 28)
+    square[0, 0, :6, :6] = 0.3
+    measured = captions.measure_attributes(square)
+    assert measured["small"].item() and measured["faint"].item()
+    torch.testing.assert_close(measured["centre"], torch.tensor([[3.0, 3.0]]))
+
+
+def test_attribute_measurement_refuses_bad_images():
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\), got \(2, 28, 28\)"):
+        captions.measure_attributes(torch.zeros(2, 28, 28))
+    with pytest.raises(TypeError, match="floating-point"):
+        captions.measure_attributes(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="got 2 images and attributes of 3"):
+        captions.attribute_agreement(torch.zeros(2, 1, 28, 28), {"size": torch.zeros(3)}, torch.zeros(5, 2))

@@ -1,4 +1,5 @@
-"""wip_dalle2.prior.PriorTransformer equals diffusers.PriorTransformer: keys, outputs and every gradient, float64."""
+"""common.models.dalle2 (exported from stage6_frontier/03_dalle2) equals diffusers: PriorTransformer and
+UnCLIPTextProjModel, keys, outputs and every gradient in float64, over every layout diffusers keeps."""
 import inspect
 import math
 
@@ -7,7 +8,10 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from wip_dalle2.prior import PriorTransformer, PriorTransformerOutput  # noqa: E402
+from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel as ReferenceTextProj  # noqa: E402
+
+from common.checks import assert_same_module, randomize_  # noqa: E402
+from common.models.dalle2 import PriorTransformer, PriorTransformerOutput, UnCLIPTextProjModel  # noqa: E402
 
 torch.set_num_threads(1)
 RTOL, ATOL = 1e-9, 1e-10
@@ -378,3 +382,109 @@ def test_diffusers_rejects_the_same_sequence_mismatch():
     inputs["encoder_hidden_states"] = inputs["encoder_hidden_states"][:, :4]
     with pytest.raises(RuntimeError):
         reference(timestep=1, **inputs)
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# UnCLIPTextProjModel: the decoder's conditioning
+
+PROJ_CONFIGS = {"paper": dict(clip_extra_context_tokens=4, clip_embeddings_dim=8, time_embed_dim=12,
+                              cross_attention_dim=6),
+                "one_token_odd": dict(clip_extra_context_tokens=1, clip_embeddings_dim=5, time_embed_dim=7,
+                                      cross_attention_dim=9),
+                "wide_context": dict(clip_extra_context_tokens=3, clip_embeddings_dim=4, time_embed_dim=4,
+                                     cross_attention_dim=10)}
+
+
+def _proj_pair(config, seed=0):
+    torch.manual_seed(seed)
+    reference = randomize_(ReferenceTextProj(**config), torch.Generator().manual_seed(seed),
+                           norm_weights=(0.5, 1.5)).double().eval()
+    ours = UnCLIPTextProjModel(**config).double().eval()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+def _proj_inputs(config, batch=3, guidance=False, tokens=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    width, rows = config["clip_embeddings_dim"], 2 * batch if guidance else batch
+    return (torch.randn(batch, width, generator=generator, dtype=torch.float64),
+            torch.randn(rows, width, generator=generator, dtype=torch.float64),
+            torch.randn(rows, tokens, width, generator=generator, dtype=torch.float64))
+
+
+def _proj_call(guidance):
+    return lambda model, image, prompt, states: model(image_embeddings=image, prompt_embeds=prompt,
+                                                      text_encoder_hidden_states=states,
+                                                      do_classifier_free_guidance=guidance)
+
+
+def test_text_proj_signature_matches_diffusers():
+    def parameters(function):
+        return [(p.name, p.default, p.kind) for p in inspect.signature(function).parameters.values()]
+
+    assert parameters(UnCLIPTextProjModel.__init__) == parameters(ReferenceTextProj.__init__)
+    assert parameters(UnCLIPTextProjModel.forward) == parameters(ReferenceTextProj.forward)
+
+
+@pytest.mark.parametrize("guidance", [False, True])
+@pytest.mark.parametrize("name", list(PROJ_CONFIGS))
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_text_proj_matches_diffusers(name, guidance, tokens):
+    config = PROJ_CONFIGS[name]
+    reference, ours = _proj_pair(config, seed=len(name))
+    inputs = _proj_inputs(config, guidance=guidance, tokens=tokens, seed=tokens)
+    report = assert_same_module(ours, reference, *inputs, call=_proj_call(guidance), rtol=RTOL, atol=ATOL)
+    assert report.max_diff < 1e-12
+    context, time_terms = _proj_call(guidance)(ours, *inputs)
+    rows = 6 if guidance else 3
+    assert context.shape == (rows, config["clip_extra_context_tokens"] + tokens, config["cross_attention_dim"])
+    assert time_terms.shape == (rows, config["time_embed_dim"])
+    names = [row[0] for row in report.rows]
+    assert ("grad learned_classifier_free_guidance_embeddings" in names) == guidance
+
+
+def test_text_proj_guidance_puts_the_learned_embedding_first():
+    config = PROJ_CONFIGS["paper"]
+    _, ours = _proj_pair(config)
+    image, prompt, states = _proj_inputs(config, guidance=True)
+    with torch.no_grad():
+        context, time_terms = _proj_call(True)(ours, image, prompt, states)
+        null = ours.learned_classifier_free_guidance_embeddings[None].expand(3, -1)
+        expected_context, expected_time = _proj_call(False)(ours, torch.cat([null, image]), prompt, states)
+    torch.testing.assert_close(context, expected_context, rtol=0, atol=0)
+    torch.testing.assert_close(time_terms, expected_time, rtol=0, atol=0)
+    assert torch.count_nonzero(UnCLIPTextProjModel(**config).learned_classifier_free_guidance_embeddings) == 0
+
+
+def test_text_proj_extra_tokens_interleave_the_projection():
+    """Token k of the extra context holds outputs k, k + K, k + 2K, ... of the projection (diffusers' reshape to
+    (d, K) and transpose); reading contiguous blocks would be a different function of the same weights."""
+    config = PROJ_CONFIGS["paper"]
+    _, ours = _proj_pair(config)
+    image, prompt, states = _proj_inputs(config)
+    with torch.no_grad():
+        extra = _proj_call(False)(ours, image, prompt, states)[0][:, :4]
+        projected = ours.clip_extra_context_tokens_proj(image)                 # (3, 4 * 6)
+    for k in range(4):
+        torch.testing.assert_close(extra[:, k], projected[:, k::4], rtol=0, atol=0)
+    assert (projected.reshape(3, 4, 6) - extra).abs().max() > 1e-2
+
+
+def test_text_proj_errors():
+    with pytest.raises(ValueError, match="time_embed_dim to be a positive int, got 0"):
+        UnCLIPTextProjModel(time_embed_dim=0, cross_attention_dim=4)
+    with pytest.raises(TypeError):
+        UnCLIPTextProjModel(4, 8, 12, 6)                                          # keyword-only, as in diffusers
+    config = PROJ_CONFIGS["paper"]
+    _, ours = _proj_pair(config)
+    image, prompt, states = _proj_inputs(config)
+    with pytest.raises(ValueError, match=r"image_embeddings of shape \(N, 8\), got \(3, 5\)"):
+        _proj_call(False)(ours, image[:, :5], prompt, states)
+    with pytest.raises(TypeError, match="prompt_embeds of dtype torch.float64 .the model's., got torch.float32"):
+        _proj_call(False)(ours, image, prompt.float(), states)
+    with pytest.raises(ValueError, match="batch size 6, got .3, 8.* unconditional half first"):
+        _proj_call(True)(ours, image, prompt, states)
+    with pytest.raises(ValueError, match=r"text_encoder_hidden_states of shape \(N, S, 8\), got \(3, 8\)"):
+        _proj_call(False)(ours, image, prompt, states[:, 0])
